@@ -1,0 +1,60 @@
+"""`dinoar <command>`: demo, train, score, evaluate. Parses, then calls the library."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .config import ConfigError, load_config
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config (see configs/)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=3")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dinoar", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("demo", help="embed -> train -> register -> score -> evaluate on sample or given data")
+    p.add_argument("--data", default="", help="MVTec-layout dataset (default: built-in sample data)")
+    _config_args(p)
+    p = sub.add_parser("train", help="embed normals, fit the AR model, register it in MLflow")
+    _config_args(p)
+    p = sub.add_parser("score", help="score a folder of images with a registered model, write Parquet")
+    p.add_argument("--source", required=True, help="folder of images")
+    p.add_argument("--output", required=True, help="Parquet output folder")
+    p.add_argument("--model", default="", help="models:/<name>@<alias>, models:/<name>/<version>, or a version")
+    _config_args(p)
+    p = sub.add_parser("evaluate", help="metrics of a scores Parquet on an MVTec-layout test set")
+    p.add_argument("--scores", required=True)
+    p.add_argument("--data", required=True, help="MVTec-layout root")
+    p.add_argument("--run-id", default=None, help="log into this MLflow run (default: a new one)")
+    _config_args(p)
+    args = parser.parse_args(argv)
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+
+    if args.command == "demo":
+        from .demo import format_report, run_demo
+        print(format_report(run_demo(cfg, args.data)))
+    elif args.command == "train":
+        from .train import run_training
+        print(json.dumps(run_training(cfg), indent=2, default=str))
+    elif args.command == "score":
+        from .score import run_scoring
+        if args.model:
+            cfg.score.model = args.model
+        print(json.dumps(run_scoring(cfg, args.source, args.output), indent=2, default=str))
+    elif args.command == "evaluate":
+        from .demo import run_evaluation
+        print(json.dumps(run_evaluation(cfg, args.scores, args.data, args.run_id), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""The embedding stage: rows of bytes -> decoded images -> DINOv3 patch grids, and the Parquet cache.
+
+`decode_rows` is shared with the scoring actor, so both stages treat bad files identically.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import ray
+import torch
+
+from .backbone import Backbone, ResolvedBackbone
+from .images import decode
+
+
+def decode_rows(batch: dict, max_pixels: int) -> tuple[dict, list[int], list[np.ndarray]]:
+    """Per-row decode. Returns provenance columns for every row, plus the ok rows' indices and images."""
+    n = len(batch["image_id"])
+    meta = {
+        "image_id": np.asarray(batch["image_id"], dtype=object),
+        "source_uri": np.asarray(batch["source_uri"], dtype=object),
+        "content_sha256": np.empty(n, dtype=object),
+        "width": np.full(n, -1, dtype=np.int32),
+        "height": np.full(n, -1, dtype=np.int32),
+        "status": np.full(n, "ok", dtype=object),
+        "error": np.full(n, None, dtype=object),
+    }
+    ok, images = [], []
+    for i, data in enumerate(batch["bytes"]):
+        data = bytes(data)
+        meta["content_sha256"][i] = hashlib.sha256(data).hexdigest()
+        image, reason = decode(data, max_pixels=max_pixels)
+        if image is None:
+            meta["status"][i], meta["error"][i] = "error", reason
+            continue
+        meta["height"][i], meta["width"][i] = image.shape[:2]
+        ok.append(i)
+        images.append(image)
+    return meta, ok, images
+
+
+def device_for(use_gpu: bool) -> str:
+    return "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+
+
+class Embedder:
+    """Ray Data actor: one backbone per actor, loaded once, applied to every batch."""
+
+    def __init__(self, resolved: dict, img_size: int, max_pixels: int, use_gpu: bool = False):
+        self.backbone = Backbone(ResolvedBackbone(**resolved), img_size, device_for(use_gpu))
+        self.max_pixels = max_pixels
+
+    def __call__(self, batch: dict) -> dict:
+        meta, ok, images = decode_rows(batch, self.max_pixels)
+        b = self.backbone
+        grids = np.zeros((len(meta["image_id"]), b.channels, b.grid, b.grid), dtype=np.float16)
+        if images:
+            grids[ok] = b.embed(images).cpu().numpy().astype(np.float16)
+        return {**meta, "embedding": grids}  # error rows keep zeros and status "error"
+
+
+def embed_dataset(rows: ray.data.Dataset, resolved: ResolvedBackbone, img_size: int, batch_size: int,
+                  max_pixels: int, concurrency: int, use_gpu: bool) -> ray.data.Dataset:
+    return rows.map_batches(
+        Embedder,
+        fn_constructor_kwargs=dict(resolved=resolved.to_dict(), img_size=img_size, max_pixels=max_pixels,
+                                   use_gpu=use_gpu),
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=concurrency),
+        num_gpus=1 if use_gpu else 0,
+    )
+
+
+def write_cache(embeddings: ray.data.Dataset, path: str) -> None:
+    """Embedding cache: one Parquet row per input file, float16 grids, errors kept as status rows."""
+    embeddings.write_parquet(path, mode=ray.data.SaveMode.OVERWRITE)
+
+
+def read_cache(path: str, ok_only: bool = True) -> ray.data.Dataset:
+    ds = ray.data.read_parquet(path)
+    return ds.filter(expr="status == 'ok'") if ok_only else ds

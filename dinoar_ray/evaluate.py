@@ -1,0 +1,61 @@
+"""Evaluation of score rows against a labelled test set (MVTec layout): image and pixel metrics."""
+from __future__ import annotations
+
+import logging
+import os
+
+import mlflow
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from . import metrics
+from .sources import MVTecLayout
+
+log = logging.getLogger(__name__)
+
+
+def upsample(heatmap: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Token-level map [h, w] -> [height, width], bilinear, as the image was squashed to a square."""
+    t = torch.from_numpy(np.asarray(heatmap, dtype=np.float32))[None, None]
+    return F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def load_mask(path: str, height: int, width: int) -> np.ndarray:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"ground-truth mask missing: {path}")
+    mask = np.asarray(Image.open(path).convert("L")) > 127
+    if mask.shape != (height, width):
+        raise ValueError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image is {width}x{height}")
+    return mask
+
+
+def evaluate_scores(scores_path: str, data_root: str, log_to_mlflow: bool = True) -> dict:
+    """Image AUROC, pixel AUROC and pixel AUPR of a scores Parquet on an MVTec-layout test split."""
+    layout = MVTecLayout(os.path.abspath(data_root))
+    table = pq.read_table(scores_path, columns=["image_id", "status", "score", "heatmap", "heatmap_shape",
+                                                "width", "height"]).to_pylist()
+    ok = [r for r in table if r["status"] == "ok"]
+    labels = np.array([layout.is_anomalous(r["image_id"]) for r in ok], dtype=bool)
+    image_scores = np.array([r["score"] for r in ok], dtype=np.float64)
+    pixel_scores, pixel_labels = [], []
+    for r in ok:
+        h, w = r["height"], r["width"]
+        heatmap = np.asarray(r["heatmap"], dtype=np.float32).reshape(r["heatmap_shape"])
+        pixel_scores.append(upsample(heatmap, h, w).ravel())
+        mask_path = layout.mask_path(r["image_id"])
+        pixel_labels.append((load_mask(mask_path, h, w) if mask_path else np.zeros((h, w), bool)).ravel())
+    px_scores = np.concatenate(pixel_scores) if ok else np.zeros(0)
+    px_labels = np.concatenate(pixel_labels) if ok else np.zeros(0, bool)
+    result = {
+        "images": len(table), "errors": len(table) - len(ok),
+        "normal_images": int((~labels).sum()), "anomalous_images": int(labels.sum()),
+        "image_auroc": metrics.auroc(labels, image_scores, "image AUROC"),
+        "pixel_auroc": metrics.auroc(px_labels, px_scores, "pixel AUROC"),
+        "pixel_aupr": metrics.aupr(px_labels, px_scores, "pixel AUPR"),
+    }
+    if log_to_mlflow and mlflow.active_run():
+        mlflow.log_metrics({k: v for k, v in result.items() if isinstance(v, (int, float)) and v is not None})
+    return result
