@@ -23,6 +23,14 @@ def raster_mask(kernel_size: int, mask_type: str) -> torch.Tensor:
     return mask
 
 
+SCAN_ORDERS = (
+    lambda g: g,  # raster
+    lambda g: g.flip(-1, -2),  # reverse raster
+    lambda g: g.transpose(-1, -2),  # column-major
+    lambda g: g.transpose(-1, -2).flip(-1, -2),  # reverse column-major
+)
+
+
 class MaskedConv2d(nn.Conv2d):
     """Dilated conv whose kernel is multiplied by a fixed mask; padding (k//2)*d keeps the grid."""
 
@@ -55,9 +63,11 @@ class ARNet(nn.Module):
     """Predicts each patch embedding from its neighbours.
 
     causal:        mask A then mask B: (i, j) sees only earlier raster positions.
-    bidirectional: a raster-order causal stack and a reverse-raster one, fused by a 1x1 conv, so
-                   (i, j) sees every position except itself. (The authors' "unmasked later layers"
-                   would let the centre leak back through a neighbour after two layers.)
+    bidirectional: four causal stacks, one per scan order (raster, reverse raster, column-major,
+                   reverse column-major), fused by a 1x1 conv, so (i, j) sees every position
+                   in reach except itself. The authors' "unmasked later layers" would let the
+                   centre leak back through a neighbour after two layers; two scan orders alone
+                   would leave PixelCNN's blind spots (e.g. one row up, two columns right).
     standard:      plain convs: a reconstruction baseline that sees the centre.
     """
 
@@ -69,11 +79,11 @@ class ARNet(nn.Module):
         dilations = list(dilations or [4] * num_layers)
         self.mode = mode
         if mode == "bidirectional":
-            # Each direction gets half the width so the model size matches the causal one.
-            half = max(hidden // 2, 1)
-            self.forward_stack = ConvStack(channels, half, kernel_size, dilations, "A", "B")
-            self.backward_stack = ConvStack(channels, half, kernel_size, dilations, "A", "B")
-            self.head = nn.Conv2d(2 * half, channels, 1)
+            # Each scan order gets a quarter of the width, so the model stays about the causal size.
+            width = max(hidden // len(SCAN_ORDERS), 1)
+            self.stacks = nn.ModuleList(ConvStack(channels, width, kernel_size, dilations, "A", "B")
+                                        for _ in SCAN_ORDERS)
+            self.head = nn.Conv2d(len(SCAN_ORDERS) * width, channels, 1)
         else:
             first, rest = ("A", "B") if mode == "causal" else (None, None)
             self.stack = ConvStack(channels, hidden, kernel_size, dilations, first, rest)
@@ -82,10 +92,9 @@ class ARNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, C, h, w] -> prediction [B, C, h, w]."""
         if self.mode == "bidirectional":
-            ahead = self.forward_stack(x)
-            # Reversing both axes turns reverse raster order into raster order.
-            behind = self.backward_stack(x.flip(-1, -2)).flip(-1, -2)
-            return self.head(torch.cat([ahead, behind], dim=1))
+            # Each order is an involution of the grid that maps its scan order to raster order.
+            views = [order(stack(order(x))) for order, stack in zip(SCAN_ORDERS, self.stacks)]
+            return self.head(torch.cat(views, dim=1))
         return self.head(self.stack(x))
 
 
