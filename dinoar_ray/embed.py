@@ -7,8 +7,10 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+import pyarrow as pa
 import ray
 import torch
+from ray.data.extensions import ArrowTensorArray
 
 from .backbone import Backbone, ResolvedBackbone
 from .images import decode
@@ -40,6 +42,13 @@ def decode_rows(batch: dict, max_pixels: int) -> tuple[dict, list[int], list[np.
     return meta, ok, images
 
 
+# Explicit types: a batch whose errors are all null must not write a null-typed column.
+PROVENANCE_SCHEMA = pa.schema([
+    ("image_id", pa.string()), ("source_uri", pa.string()), ("content_sha256", pa.string()),
+    ("width", pa.int32()), ("height", pa.int32()), ("status", pa.string()), ("error", pa.string()),
+])
+
+
 def device_for(use_gpu: bool) -> str:
     return "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
 
@@ -51,13 +60,14 @@ class Embedder:
         self.backbone = Backbone(ResolvedBackbone(**resolved), img_size, device_for(use_gpu))
         self.max_pixels = max_pixels
 
-    def __call__(self, batch: dict) -> dict:
+    def __call__(self, batch: dict) -> pa.Table:
         meta, ok, images = decode_rows(batch, self.max_pixels)
         b = self.backbone
         grids = np.zeros((len(meta["image_id"]), b.channels, b.grid, b.grid), dtype=np.float16)
         if images:
             grids[ok] = b.embed(images).cpu().numpy().astype(np.float16)
-        return {**meta, "embedding": grids}  # error rows keep zeros and status "error"
+        table = pa.Table.from_pydict({k: list(v) for k, v in meta.items()}, schema=PROVENANCE_SCHEMA)
+        return table.append_column("embedding", ArrowTensorArray.from_numpy(grids))  # error rows: zeros
 
 
 def embed_dataset(rows: ray.data.Dataset, resolved: ResolvedBackbone, img_size: int, batch_size: int,
