@@ -70,8 +70,13 @@ def run_evaluation(cfg: Config, scores_path: str, data_root: str, run_id: str | 
 
 
 def run_demo(cfg: Config, data: str = "") -> dict:
-    out = os.path.abspath(cfg.output_dir)
+    # One output folder per dataset, so demos on different data do not overwrite each other.
+    name = os.path.basename(os.path.normpath(data)) if data else "sample"
+    out = os.path.join(os.path.abspath(cfg.output_dir), name)
+    cfg.output_dir = out
     root = os.path.abspath(data) if data else make_sample_dataset(os.path.join(out, "sample_data"))
+    if not MVTecLayout.is_mvtec(root):
+        raise ValueError(f"--data {data}: not an MVTec-layout dataset (needs train/good/ and test/)")
     layout = MVTecLayout(root)
     cfg.data.root = root
     trained = run_training(cfg)
