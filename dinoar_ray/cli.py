@@ -25,6 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--source", required=True, help="folder of images")
     p.add_argument("--output", required=True, help="Parquet output folder")
     p.add_argument("--model", default="", help="models:/<name>@<alias>, models:/<name>/<version>, or a version")
+    p.add_argument("--nightly", action="store_true",
+                   help="date-partitioned atomic output, skip images this model version already scored, report")
+    p.add_argument("--date", default="", help="nightly: the night, YYYY-MM-DD (default today, UTC)")
+    p.add_argument("--rescore", action="store_true", help="nightly: score again what was already scored")
+    p.add_argument("--masks", default="", help="nightly: MVTec-layout root whose masks outline the overlays")
     _config_args(p)
     p = sub.add_parser("evaluate", help="metrics of a scores Parquet on an MVTec-layout test set")
     p.add_argument("--scores", required=True)
@@ -46,10 +51,15 @@ def main(argv: list[str] | None = None) -> int:
         from .train import run_training
         print(json.dumps(run_training(cfg), indent=2, default=str))
     elif args.command == "score":
-        from .score import run_scoring
         if args.model:
             cfg.score.model = args.model
-        print(json.dumps(run_scoring(cfg, args.source, args.output), indent=2, default=str))
+        if args.nightly:
+            from .nightly import run_nightly
+            result = run_nightly(cfg, args.source, args.output, args.date, args.rescore, args.masks)
+        else:
+            from .score import run_scoring
+            result = run_scoring(cfg, args.source, args.output)
+        print(json.dumps(result, indent=2, default=str))
     elif args.command == "evaluate":
         from .demo import run_evaluation
         print(json.dumps(run_evaluation(cfg, args.scores, args.data, args.run_id), indent=2))

@@ -61,6 +61,8 @@ class ScoreConfig:
     batch_size: int = 16
     heatmap_dtype: str = "float32"  # float32 | float16
     model: str = ""  # models:/<name>@champion by default; a version number or models:/ URI also works
+    report_top_k: int = 20  # images in the nightly report (and overlays when there is no threshold)
+    max_overlays: int = 100  # overlays for images over the threshold, highest scores first
 
 
 @dataclass

@@ -6,6 +6,7 @@ import tempfile
 from dataclasses import dataclass
 
 import mlflow
+import yaml
 from mlflow import MlflowClient
 
 from .config import Config
@@ -82,4 +83,6 @@ def resolve_model(spec: str, cfg: Config) -> ResolvedModel:
 def download_package(model: ResolvedModel) -> ModelPackage:
     with tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(artifact_uri=model.uri, dst_path=tmp)
-        return ModelPackage.load(os.path.join(local, "artifacts", "package"))
+        with open(os.path.join(local, "MLmodel")) as f:
+            flavor = yaml.safe_load(f)["flavors"]["python_function"]
+        return ModelPackage.load(os.path.join(local, flavor["artifacts"]["package"]["path"]))
