@@ -140,24 +140,39 @@ def load_model(resolved: ResolvedBackbone, device: str = "cpu") -> torch.nn.Modu
     return model.eval().to(device)
 
 
-def preprocess(images: list[np.ndarray], img_size: int) -> torch.Tensor:
-    """RGB uint8 [H, W, 3] arrays of any sizes -> normalised [B, 3, img_size, img_size]."""
+def content_box(height: int, width: int, img_size: int, resize: str) -> tuple[int, int, int, int]:
+    """Where the image lands in the square input: (top, left, rows, cols)."""
+    if resize == "squash":
+        return 0, 0, img_size, img_size
+    scale = img_size / max(height, width)
+    rows, cols = max(1, round(height * scale)), max(1, round(width * scale))
+    return (img_size - rows) // 2, (img_size - cols) // 2, rows, cols
+
+
+def preprocess(images: list[np.ndarray], img_size: int, resize: str = "squash") -> torch.Tensor:
+    """RGB uint8 [H, W, 3] arrays of any sizes -> normalised [B, 3, img_size, img_size].
+
+    squash: stretch to the square. pad: keep the aspect ratio, centre, pad with the ImageNet mean
+    (zero after normalisation), so thin or tiny images are not distorted.
+    """
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    out = torch.empty(len(images), 3, img_size, img_size)
+    out = torch.zeros(len(images), 3, img_size, img_size)
     for i, image in enumerate(images):
         x = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)[None].float() / 255.0
-        x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=False, antialias=True)
-        out[i] = (x[0].clamp(0, 1) - mean) / std
+        top, left, rows, cols = content_box(image.shape[0], image.shape[1], img_size, resize)
+        x = F.interpolate(x, size=(rows, cols), mode="bilinear", align_corners=False, antialias=True)
+        out[i, :, top:top + rows, left:left + cols] = (x[0].clamp(0, 1) - mean) / std
     return out
 
 
 class Backbone:
     """DINOv3 as an embedder: images -> [B, C, img_size/16, img_size/16] final-norm patch tokens."""
 
-    def __init__(self, resolved: ResolvedBackbone, img_size: int, device: str = "cpu"):
+    def __init__(self, resolved: ResolvedBackbone, img_size: int, device: str = "cpu", resize: str = "squash"):
         self.resolved = resolved
         self.img_size = img_size
+        self.resize = resize
         self.device = device
         self.model = load_model(resolved, device)
         config = self.model.config
@@ -167,7 +182,7 @@ class Backbone:
 
     @torch.inference_mode()
     def embed(self, images: list[np.ndarray]) -> torch.Tensor:
-        pixels = preprocess(images, self.img_size).to(self.device)
+        pixels = preprocess(images, self.img_size, self.resize).to(self.device)
         tokens = self.model(pixel_values=pixels).last_hidden_state  # [B, 1+R+h*w, C], after final norm
         patches = tokens[:, self.num_prefix:, :]
         b, n, c = patches.shape

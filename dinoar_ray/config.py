@@ -28,6 +28,8 @@ class BackboneConfig:
     allow_random_fallback: bool = False
     batch_size: int = 16  # images per embedding forward pass
     hub_timeout_s: float = 5.0  # how long to wait for the hub before deciding it is unreachable
+    # squash: resize to img_size x img_size ignoring aspect; pad: keep aspect, pad to a square.
+    resize: str = "squash"
 
 
 @dataclass
@@ -73,6 +75,19 @@ class DataConfig:
     train: str = ""  # defaults to <root>/train/good
     test: str = ""  # defaults to <root>/test
     max_pixels: int = 64_000_000  # decompression-bomb guard, per image
+    window: str = "minmax"  # 16-bit / float images to 8 bit: minmax (per image) | fixed | full
+    window_min: float = 0.0  # window=fixed
+    window_max: float = 65535.0
+    background: list[int] = field(default_factory=lambda: [0, 0, 0])  # alpha is composited on this
+    max_error_fraction: float = 1.0  # fail the job when more rows than this are errors (1.0 = never)
+    # Non-folder sources: Parquet tables of bytes and manifests.
+    bytes_column: str = "bytes"
+    id_column: str = "image_id"
+    uri_column: str = "uri"
+
+    def decode_options(self) -> dict:
+        return {"max_pixels": self.max_pixels, "window": self.window, "window_min": self.window_min,
+                "window_max": self.window_max, "background": tuple(self.background)}
 
 
 @dataclass
@@ -124,6 +139,8 @@ CHOICES = {
     "ar.mode": ("causal", "bidirectional", "standard"),
     "score.aggregation": ("max", "topk_mean"),
     "score.heatmap_dtype": ("float32", "float16"),
+    "backbone.resize": ("squash", "pad"),
+    "data.window": ("minmax", "fixed", "full"),
 }
 
 
@@ -207,6 +224,7 @@ def validate(cfg: Config) -> Config:
         ("train.target_fpr", cfg.train.target_fpr, 0.0, 1.0),
         ("train.noise_prob", cfg.train.noise_prob, 0.0, 1.0),
         ("score.topk_percent", cfg.score.topk_percent, 0.0, 100.0),
+        ("data.max_error_fraction", cfg.data.max_error_fraction, 0.0, 1.0),
     ]:
         if not lo <= value <= hi:
             raise ConfigError(f"{key}: {value} must lie in [{lo}, {hi}]")
@@ -215,6 +233,10 @@ def validate(cfg: Config) -> Config:
                        ("score.batch_size", cfg.score.batch_size)]:
         if value < 1:
             raise ConfigError(f"{key}: {value} must be at least 1")
+    if len(cfg.data.background) != 3 or not all(0 <= v <= 255 for v in cfg.data.background):
+        raise ConfigError(f"data.background: {cfg.data.background} must be three values in 0..255 (R, G, B)")
+    if cfg.data.window == "fixed" and cfg.data.window_max <= cfg.data.window_min:
+        raise ConfigError("data.window_max must be greater than data.window_min")
     return cfg
 
 

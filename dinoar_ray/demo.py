@@ -66,7 +66,7 @@ def run_evaluation(cfg: Config, scores_path: str, data_root: str, run_id: str | 
     """Metrics of a scores Parquet, logged to the given MLflow run (the scoring run) or a new one."""
     tracking.setup(cfg)
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else "evaluate"):
-        return evaluate_scores(scores_path, data_root)
+        return evaluate_scores(scores_path, data_root, resize=cfg.backbone.resize)
 
 
 def run_demo(cfg: Config, data: str = "") -> dict:

@@ -13,10 +13,10 @@ import torch
 from ray.data.extensions import ArrowTensorArray
 
 from .backbone import Backbone, ResolvedBackbone
-from .images import decode
+from .images import DecodeOptions, decode
 
 
-def decode_rows(batch: dict, max_pixels: int) -> tuple[dict, list[int], list[np.ndarray]]:
+def decode_rows(batch: dict, options: DecodeOptions) -> tuple[dict, list[int], list[np.ndarray]]:
     """Per-row decode. Returns provenance columns for every row, plus the ok rows' indices and images."""
     n = len(batch["image_id"])
     meta = {
@@ -29,10 +29,14 @@ def decode_rows(batch: dict, max_pixels: int) -> tuple[dict, list[int], list[np.
         "error": np.full(n, None, dtype=object),
     }
     ok, images = [], []
+    source_errors = batch.get("source_error")
     for i, data in enumerate(batch["bytes"]):
         data = bytes(data)
         meta["content_sha256"][i] = hashlib.sha256(data).hexdigest()
-        image, reason = decode(data, max_pixels=max_pixels)
+        if source_errors is not None and source_errors[i]:  # the source could not even read the bytes
+            meta["status"][i], meta["error"][i] = "error", source_errors[i]
+            continue
+        image, reason = decode(data, options=options)
         if image is None:
             meta["status"][i], meta["error"][i] = "error", reason
             continue
@@ -49,6 +53,18 @@ PROVENANCE_SCHEMA = pa.schema([
 ])
 
 
+class TooManyErrors(RuntimeError):
+    """More rows failed than data.max_error_fraction allows."""
+
+
+def check_error_fraction(rows: int, errors: int, examples: list[str], limit: float, what: str) -> None:
+    """Fail the job, with examples, only when the share of error rows exceeds the configured limit."""
+    if rows and errors / rows > limit:
+        shown = "\n  ".join(examples[:5])
+        raise TooManyErrors(f"{what}: {errors} of {rows} rows are errors ({errors / rows:.1%}), more than "
+                            f"data.max_error_fraction={limit:.1%}. Examples:\n  {shown}")
+
+
 def device_for(use_gpu: bool) -> str:
     return "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
 
@@ -56,12 +72,12 @@ def device_for(use_gpu: bool) -> str:
 class Embedder:
     """Ray Data actor: one backbone per actor, loaded once, applied to every batch."""
 
-    def __init__(self, resolved: dict, img_size: int, max_pixels: int, use_gpu: bool = False):
-        self.backbone = Backbone(ResolvedBackbone(**resolved), img_size, device_for(use_gpu))
-        self.max_pixels = max_pixels
+    def __init__(self, resolved: dict, img_size: int, resize: str, decode: dict, use_gpu: bool = False):
+        self.backbone = Backbone(ResolvedBackbone(**resolved), img_size, device_for(use_gpu), resize)
+        self.decode = DecodeOptions(**decode)
 
     def __call__(self, batch: dict) -> pa.Table:
-        meta, ok, images = decode_rows(batch, self.max_pixels)
+        meta, ok, images = decode_rows(batch, self.decode)
         b = self.backbone
         grids = np.zeros((len(meta["image_id"]), b.channels, b.grid, b.grid), dtype=np.float16)
         if images:
@@ -70,13 +86,13 @@ class Embedder:
         return table.append_column("embedding", ArrowTensorArray.from_numpy(grids))  # error rows: zeros
 
 
-def embed_dataset(rows: ray.data.Dataset, resolved: ResolvedBackbone, img_size: int, batch_size: int,
-                  max_pixels: int, concurrency: int, use_gpu: bool) -> ray.data.Dataset:
+def embed_dataset(rows: ray.data.Dataset, resolved: ResolvedBackbone, cfg) -> ray.data.Dataset:
+    use_gpu, concurrency = cfg.ray.use_gpu, cfg.ray.embed_concurrency
     return rows.map_batches(
         Embedder,
-        fn_constructor_kwargs=dict(resolved=resolved.to_dict(), img_size=img_size, max_pixels=max_pixels,
-                                   use_gpu=use_gpu),
-        batch_size=batch_size,
+        fn_constructor_kwargs=dict(resolved=resolved.to_dict(), img_size=cfg.backbone.img_size,
+                                   resize=cfg.backbone.resize, decode=cfg.data.decode_options(), use_gpu=use_gpu),
+        batch_size=cfg.backbone.batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=concurrency),
         num_gpus=1 if use_gpu else 0,

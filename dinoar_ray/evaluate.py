@@ -12,14 +12,20 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import metrics
+from .backbone import PATCH_SIZE, content_box
 from .sources import MVTecLayout
 
 log = logging.getLogger(__name__)
 
 
-def upsample(heatmap: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Token-level map [h, w] -> [height, width], bilinear, as the image was squashed to a square."""
+def upsample(heatmap: np.ndarray, height: int, width: int, resize: str = "squash", img_size: int = 0) -> np.ndarray:
+    """Token-level map [h, w] -> [height, width], bilinear, undoing the backbone's resize policy."""
     t = torch.from_numpy(np.asarray(heatmap, dtype=np.float32))[None, None]
+    if resize == "pad":
+        size = img_size or t.shape[-1] * PATCH_SIZE
+        top, left, rows, cols = content_box(height, width, size, resize)
+        t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[..., top:top + rows,
+                                                                                       left:left + cols]
     return F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
@@ -32,7 +38,7 @@ def load_mask(path: str, height: int, width: int) -> np.ndarray:
     return mask
 
 
-def evaluate_scores(scores_path: str, data_root: str, log_to_mlflow: bool = True) -> dict:
+def evaluate_scores(scores_path: str, data_root: str, log_to_mlflow: bool = True, resize: str = "squash") -> dict:
     """Image AUROC, pixel AUROC and pixel AUPR of a scores Parquet on an MVTec-layout test split."""
     layout = MVTecLayout(os.path.abspath(data_root))
     table = pq.read_table(scores_path, columns=["image_id", "status", "score", "heatmap", "heatmap_shape",
@@ -44,7 +50,7 @@ def evaluate_scores(scores_path: str, data_root: str, log_to_mlflow: bool = True
     for r in ok:
         h, w = r["height"], r["width"]
         heatmap = np.asarray(r["heatmap"], dtype=np.float32).reshape(r["heatmap_shape"])
-        pixel_scores.append(upsample(heatmap, h, w).ravel())
+        pixel_scores.append(upsample(heatmap, h, w, resize).ravel())
         mask_path = layout.mask_path(r["image_id"])
         pixel_labels.append((load_mask(mask_path, h, w) if mask_path else np.zeros((h, w), bool)).ravel())
     px_scores = np.concatenate(pixel_scores) if ok else np.zeros(0)

@@ -18,10 +18,10 @@ from .evaluate import upsample  # noqa: E402
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, vmin: float, vmax: float, mask: np.ndarray | None = None,
-            alpha: float = 0.5) -> Image.Image:
+            alpha: float = 0.5, resize: str = "squash") -> Image.Image:
     """RGB image [H, W, 3] blended with the map upsampled to [H, W]; the mask outline drawn in green."""
     h, w = image.shape[:2]
-    values = np.clip((upsample(heatmap, h, w) - vmin) / max(vmax - vmin, 1e-12), 0, 1)
+    values = np.clip((upsample(heatmap, h, w, resize) - vmin) / max(vmax - vmin, 1e-12), 0, 1)
     colours = (matplotlib.colormaps["inferno"](values)[..., :3] * 255).astype(np.float32)
     blended = ((1 - alpha) * image.astype(np.float32) + alpha * colours).astype(np.uint8)
     if mask is not None and mask.any():

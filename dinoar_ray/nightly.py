@@ -33,9 +33,10 @@ from . import tracking
 from .backbone import resolve
 from .config import Config
 from .heatmaps import histogram_png, overlay, write_report
-from .images import decode
+from .images import DecodeOptions, decode
 from .package import ModelPackage
 from .runtime import init_ray
+from .embed import check_error_fraction
 from .score import score_dataset
 from .sources import MVTecLayout, read_images
 
@@ -116,7 +117,7 @@ def _mask_for(layout: MVTecLayout | None, image_id: str, shape: tuple[int, int])
 
 
 def write_overlays(files: list[str], chosen: list[str], folder: str, vmin: float, vmax: float,
-                   layout: MVTecLayout | None, max_pixels: int) -> dict[str, str]:
+                   layout: MVTecLayout | None, decode_options: DecodeOptions, resize: str) -> dict[str, str]:
     """PNG overlays for the chosen image ids; returns image_id -> overlay path.
 
     Heatmaps are read only for the chosen rows, so a large night never sits in driver memory.
@@ -131,12 +132,12 @@ def write_overlays(files: list[str], chosen: list[str], folder: str, vmin: float
     for r in rows:
         uri = r["source_uri"]
         with open(uri[len("file://"):] if uri.startswith("file://") else uri, "rb") as f:
-            image, _ = decode(f.read(), max_pixels=max_pixels)
+            image, _ = decode(f.read(), options=decode_options)
         if image is None:  # the file changed since it was scored
             continue
         heatmap = np.asarray(r["heatmap"], dtype=np.float32).reshape(r["heatmap_shape"])
         path = os.path.join(folder, _safe_name(r["image_id"]))
-        overlay(image, heatmap, vmin, vmax, _mask_for(layout, r["image_id"], image.shape[:2])).save(path)
+        overlay(image, heatmap, vmin, vmax, _mask_for(layout, r["image_id"], image.shape[:2]), resize=resize).save(path)
         paths[r["image_id"]] = path
     return paths
 
@@ -191,7 +192,7 @@ def run_nightly(cfg: Config, source: str, output: str, date: str = "", rescore: 
         stage_root = os.path.join(output, STAGING, run_id)
         staging = os.path.join(stage_root, f"date={date}")
         started = time.perf_counter()
-        rows = read_images(source, root=source).map_batches(hash_and_skip, fn_kwargs={"known": known},
+        rows = read_images(source, data=cfg.data).map_batches(hash_and_skip, fn_kwargs={"known": known},
                                                              batch_format="numpy")
         if inject is not None:
             rows = inject(rows)
@@ -213,6 +214,10 @@ def run_nightly(cfg: Config, source: str, output: str, date: str = "", rescore: 
 
         carried = _carry_previous_rows(target, staging, new_files, rescore)
         night = pa.concat_tables([pq.read_table(f, columns=LIGHT_COLUMNS) for f in parquet_files(staging)])
+        night_errors = night.filter(pc.equal(night["status"], "error"))
+        check_error_fraction(night.num_rows, night_errors.num_rows,
+                             [f"{r['image_id']}: {r['error']}" for r in night_errors.slice(0, 5).to_pylist()],
+                             cfg.data.max_error_fraction, f"nightly {date}")  # raises before anything is published
         summary = _report_and_manifest(cfg, package, model, night, staging, output, date, run_id,
                                        new_rows, carried, seconds, masks_root)
         publish(staging, target, os.path.join(stage_root, "previous", f"date={date}"))
@@ -273,7 +278,7 @@ def _report_and_manifest(cfg: Config, package: ModelPackage, model, night: pa.Ta
     hi = float(max(scores.max() if len(scores) else lo, threshold or lo))
     layout = MVTecLayout(os.path.abspath(masks_root)) if masks_root else None
     staged = write_overlays(parquet_files(staging), chosen, os.path.join(stage_reports, "overlays"), lo, hi, layout,
-                            cfg.data.max_pixels)
+                            DecodeOptions(**cfg.data.decode_options()), package.backbone.get("resize", "squash"))
     # Rows point at where the overlays will live once published.
     final_paths = {i: os.path.join(final_reports, "overlays", os.path.basename(p)) for i, p in staged.items()}
     set_overlay_paths(parquet_files(staging), final_paths)

@@ -17,8 +17,8 @@ from . import tracking
 from .ar_model import anomaly_map, image_scores
 from .backbone import Backbone, resolve
 from .config import Config
-from .embed import decode_rows, device_for
-from .images import DEFAULT_MAX_PIXELS
+from .embed import check_error_fraction, decode_rows, device_for
+from .images import DecodeOptions
 from .package import ModelPackage
 from .runtime import init_ray
 from .sources import read_images
@@ -45,12 +45,13 @@ def score_schema(heatmap_dtype: str = "float32") -> pa.Schema:
 class ImageScorer:
     """Backbone + AR head on one device: decoded rows -> maps and scores. Used by the Ray actor and pyfunc."""
 
-    def __init__(self, package: ModelPackage, max_pixels: int = DEFAULT_MAX_PIXELS, use_gpu: bool = False):
+    def __init__(self, package: ModelPackage, decode: DecodeOptions | None = None, use_gpu: bool = False):
         self.package = package
         self.device = device_for(use_gpu)
-        self.backbone = Backbone(package.resolved_backbone, package.backbone["img_size"], self.device)
+        self.backbone = Backbone(package.resolved_backbone, package.backbone["img_size"], self.device,
+                                 package.backbone.get("resize", "squash"))
         self.model = package.build_model().to(self.device)
-        self.max_pixels = max_pixels
+        self.decode = decode or DecodeOptions()
 
     @torch.inference_mode()
     def maps_and_scores(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -61,7 +62,7 @@ class ImageScorer:
 
     def score_batch(self, batch: dict) -> dict:
         """Rows with bytes -> provenance + score + is_anomalous + heatmap for every row, errors included."""
-        meta, ok, images = decode_rows(batch, self.max_pixels)
+        meta, ok, images = decode_rows(batch, self.decode)
         n = len(meta["image_id"])
         scores = np.full(n, np.nan, dtype=np.float32)
         maps: list = [None] * n
@@ -82,9 +83,9 @@ class ImageScorer:
 class Scorer:
     """Ray Data actor: score rows as an Arrow table in the score-row schema."""
 
-    def __init__(self, package_meta: dict, weights: bytes, provenance: dict, max_pixels: int,
+    def __init__(self, package_meta: dict, weights: bytes, provenance: dict, decode: dict,
                  heatmap_dtype: str, use_gpu: bool = False):
-        self.scorer = ImageScorer(ModelPackage.from_parts(package_meta, weights), max_pixels, use_gpu)
+        self.scorer = ImageScorer(ModelPackage.from_parts(package_meta, weights), DecodeOptions(**decode), use_gpu)
         self.provenance = provenance
         self.schema = score_schema(heatmap_dtype)
         self.heatmap_np = np.float16 if heatmap_dtype == "float16" else np.float32
@@ -116,7 +117,7 @@ def score_dataset(rows: ray.data.Dataset, package: ModelPackage, provenance: dic
     return rows.map_batches(
         Scorer,
         fn_constructor_kwargs=dict(package_meta=package.meta(), weights=weights, provenance=provenance,
-                                   max_pixels=cfg.data.max_pixels, heatmap_dtype=cfg.score.heatmap_dtype,
+                                   decode=cfg.data.decode_options(), heatmap_dtype=cfg.score.heatmap_dtype,
                                    use_gpu=cfg.ray.use_gpu),
         batch_size=cfg.score.batch_size,
         batch_format="numpy",
@@ -139,11 +140,14 @@ def run_scoring(cfg: Config, source: str, output: str, root: str | None = None) 
         provenance = {"model_name": model.name, "model_version": model.version, "model_uri": model.uri,
                       "backbone": package.backbone["name"], "run_id": run.info.run_id}
         started = dt.datetime.now(dt.timezone.utc)
-        scored = score_dataset(read_images(source, root=root), package, provenance, cfg)
+        scored = score_dataset(read_images(source, root=root, data=cfg.data), package, provenance, cfg)
         scored.write_parquet(output, mode=ray.data.SaveMode.OVERWRITE)
         seconds = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
-        table = pq.read_table(output, columns=["status", "is_anomalous"])
+        table = pq.read_table(output, columns=["image_id", "status", "error", "is_anomalous"])
         status = table["status"].to_pylist()
+        check_error_fraction(len(status), status.count("error"),
+                             [f"{r['image_id']}: {r['error']}" for r in table.to_pylist() if r["status"] == "error"][:5],
+                             cfg.data.max_error_fraction, "scoring")
         summary = {
             "rows": len(status), "errors": status.count("error"),
             "anomalies": sum(1 for a in table["is_anomalous"].to_pylist() if a),

@@ -26,7 +26,7 @@ from . import tracking
 from .ar_model import ARNet, add_feature_noise, anomaly_map, image_scores
 from .backbone import ResolvedBackbone, resolve
 from .config import Config
-from .embed import embed_dataset, read_cache, write_cache
+from .embed import check_error_fraction, embed_dataset, read_cache, write_cache
 from .package import ModelPackage
 from .runtime import init_ray
 from .sources import read_images, resolve_data_dirs
@@ -132,13 +132,13 @@ def calibrate(scores: np.ndarray, target_fpr: float) -> tuple[float | None, dict
 
 def embed_to_cache(cfg: Config, resolved: ResolvedBackbone, source: str, cache: str, root: str | None) -> dict:
     """Embed every image under `source` into the Parquet cache; return row/error counts and examples."""
-    rows = read_images(source, root=root)
-    write_cache(embed_dataset(rows, resolved, cfg.backbone.img_size, cfg.backbone.batch_size, cfg.data.max_pixels,
-                              cfg.ray.embed_concurrency, cfg.ray.use_gpu), cache)
+    rows = read_images(source, root=root, data=cfg.data)
+    write_cache(embed_dataset(rows, resolved, cfg), cache)
     table = pq.read_table(cache, columns=["image_id", "status", "error"])
     errors = table.filter(pc.equal(table["status"], "error"))
-    return {"rows": table.num_rows, "errors": errors.num_rows,
-            "error_examples": [f"{r['image_id']}: {r['error']}" for r in errors.slice(0, 5).to_pylist()]}
+    examples = [f"{r['image_id']}: {r['error']}" for r in errors.slice(0, 5).to_pylist()]
+    check_error_fraction(table.num_rows, errors.num_rows, examples, cfg.data.max_error_fraction, "embedding")
+    return {"rows": table.num_rows, "errors": errors.num_rows, "error_examples": examples}
 
 
 def run_training(cfg: Config) -> dict:
@@ -176,7 +176,8 @@ def run_training(cfg: Config) -> dict:
             mlflow.log_metric("train_loss", record["loss"], step=int(record["epoch"]))
 
         package = ModelPackage(
-            backbone={**resolved.to_dict(), "img_size": cfg.backbone.img_size, "channels": channels, "grid": grid},
+            backbone={**resolved.to_dict(), "img_size": cfg.backbone.img_size, "resize": cfg.backbone.resize,
+                      "channels": channels, "grid": grid},
             ar=vars(cfg.ar).copy(), score={"aggregation": cfg.score.aggregation, "topk_percent": cfg.score.topk_percent},
             state_dict=state)
         scores = holdout_scores(package.build_model(), holdout, cfg.score.aggregation, cfg.score.topk_percent)
