@@ -20,6 +20,9 @@ import numpy as np
 from PIL import Image, ImageOps
 
 DEFAULT_MAX_PIXELS = 64_000_000
+# Our own limit (options.max_pixels) is checked from the header before any pixel is decoded, so
+# Pillow's global guard is switched off to let that limit, and its message, be the one that applies.
+Image.MAX_IMAGE_PIXELS = None
 WINDOWS = ("minmax", "fixed", "full")
 
 

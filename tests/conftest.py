@@ -18,6 +18,21 @@ def ray_session():
     ray.shutdown()
 
 
+def tiny_package(seed: int = 0):
+    """A model package with a random AR head on the tiny random-init backbone (no training needed)."""
+    import torch
+
+    from dinoar_ray.ar_model import ARNet
+    from dinoar_ray.backbone import resolve
+    from dinoar_ray.package import ModelPackage
+
+    torch.manual_seed(seed)
+    ar = dict(mode="causal", num_layers=2, hidden=16, kernel_size=3, dilations=[1, 2])
+    return ModelPackage(backbone={**resolve("random-init:tiny").to_dict(), "img_size": 64, "resize": "squash",
+                                  "channels": 32, "grid": 4},
+                        ar=ar, score={"aggregation": "max", "topk_percent": 1.0}, state_dict=ARNet(32, **ar).state_dict())
+
+
 def tiny_config(tmp_path, **extra):
     """A config that runs the real code path in seconds: tiny random-init DINOv3, 64 px, small AR."""
     overrides = [

@@ -9,15 +9,13 @@ import mlflow
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
-from conftest import tiny_config
+from conftest import tiny_config, tiny_package
 from mlflow import MlflowClient
 from PIL import Image
 
 from dinoar_ray import tracking
-from dinoar_ray.ar_model import ARNet
-from dinoar_ray.backbone import resolve
 from dinoar_ray.demo import make_sample_dataset
+from dinoar_ray.embed import TooManyErrors
 from dinoar_ray.nightly import SUCCESS, partition_dir, run_nightly
 from dinoar_ray.package import ModelPackage
 from dinoar_ray.score import ImageScorer
@@ -26,12 +24,7 @@ DATE1, DATE2, DATE3 = "2026-12-01", "2026-12-02", "2026-12-03"
 
 
 def make_package(seed: int, normals: list[bytes]) -> ModelPackage:
-    torch.manual_seed(seed)
-    ar = dict(mode="causal", num_layers=2, hidden=16, kernel_size=3, dilations=[1, 2])
-    resolved = resolve("random-init:tiny")
-    package = ModelPackage(backbone={**resolved.to_dict(), "img_size": 64, "channels": 32, "grid": 4}, ar=ar,
-                           score={"aggregation": "max", "topk_percent": 1.0},
-                           state_dict=ARNet(32, **ar).state_dict())
+    package = tiny_package(seed)
     scores = ImageScorer(package).score_bytes(normals)["score"]
     # A low threshold on purpose, so that some test images are flagged and get overlays.
     package.threshold = float(np.quantile(scores, 0.25))
@@ -158,6 +151,18 @@ def test_rescore_replaces_rows_instead_of_duplicating(setup):
     run_nightly(cfg, source, output, DATE2, rescore=True)
     ids = [r["image_id"] for r in read_night(output, DATE2)]
     assert len(ids) == len(set(ids)) == 13
+
+
+def test_error_fraction_over_the_limit_fails_the_night_and_publishes_nothing(setup):
+    cfg, _, source, output, _ = setup
+    cfg.data.max_error_fraction = 0.05  # 1 bad file of 13 is 7.7%
+    try:
+        with pytest.raises(TooManyErrors) as err:
+            run_nightly(cfg, source, output, "2026-11-30")
+    finally:
+        cfg.data.max_error_fraction = 1.0
+    assert "1 of 13 rows are errors" in str(err.value) and "good/zero.png: empty file" in str(err.value)
+    assert not os.path.exists(partition_dir(output, "2026-11-30"))
 
 
 def test_new_version_behind_the_alias_is_picked_up_next_night(setup):
