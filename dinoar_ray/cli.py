@@ -5,7 +5,12 @@ import argparse
 import json
 import sys
 
+from .backbone import BackboneUnavailable
 from .config import ConfigError, load_config
+from .embed import TooManyErrors
+
+# Errors that mean "your input is wrong"; anything else is a bug and keeps its traceback.
+USER_ERRORS = (ConfigError, BackboneUnavailable, TooManyErrors, FileNotFoundError, LookupError, ValueError)
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -22,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("train", help="embed normals, fit the AR model, register it in MLflow")
     _config_args(p)
     p = sub.add_parser("score", help="score a folder of images with a registered model, write Parquet")
-    p.add_argument("--source", required=True, help="folder of images")
+    p.add_argument("--source", required=True,
+                   help="folder, glob, tar/zip shard(s), Parquet table of bytes, or CSV/Parquet manifest of URIs")
     p.add_argument("--output", required=True, help="Parquet output folder")
     p.add_argument("--model", default="", help="models:/<name>@<alias>, models:/<name>/<version>, or a version")
     p.add_argument("--nightly", action="store_true",
@@ -44,6 +50,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
 
+    try:
+        return _run(args, cfg)
+    except USER_ERRORS as exc:  # bad input: one clear message, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace, cfg) -> int:
     if args.command == "demo":
         from .demo import format_report, run_demo
         print(format_report(run_demo(cfg, args.data)))
