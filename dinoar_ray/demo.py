@@ -100,7 +100,8 @@ def format_report(report: dict) -> str:
     lines = ["", "=" * 70, "dinoar-ray demo results", "=" * 70]
     if report["backbone"].startswith("random-init"):
         lines.append("NOTE: backbone is RANDOM-INIT (real DINOv3 weights unavailable): metrics are a smoke test.")
-    for key in ("image_auroc", "pixel_auroc", "pixel_aupr", "images", "normal_images", "anomalous_images",
+    for key in ("image_auroc", "image_aupr", "pixel_auroc", "pixel_aupr", "aupro", "threshold_fpr",
+                "threshold_tpr", "images", "normal_images", "anomalous_images",
                 "errors", "anomalies_flagged", "threshold", "backbone", "model_uri", "train_run_id",
                 "score_run_id", "tracking_uri", "data", "scores", "package"):
         lines.append(f"  {key:18s} {fmt(report.get(key))}")

@@ -41,27 +41,35 @@ def load_mask(path: str, height: int, width: int) -> np.ndarray:
 def evaluate_scores(scores_path: str, data_root: str, log_to_mlflow: bool = True, resize: str = "squash") -> dict:
     """Image AUROC, pixel AUROC and pixel AUPR of a scores Parquet on an MVTec-layout test split."""
     layout = MVTecLayout(os.path.abspath(data_root))
-    table = pq.read_table(scores_path, columns=["image_id", "status", "score", "heatmap", "heatmap_shape",
-                                                "width", "height"]).to_pylist()
+    table = pq.read_table(scores_path, columns=["image_id", "status", "score", "is_anomalous", "heatmap",
+                                                "heatmap_shape", "width", "height"]).to_pylist()
     ok = [r for r in table if r["status"] == "ok"]
     labels = np.array([layout.is_anomalous(r["image_id"]) for r in ok], dtype=bool)
     image_scores = np.array([r["score"] for r in ok], dtype=np.float64)
-    pixel_scores, pixel_labels = [], []
+    maps, masks = [], []
     for r in ok:
         h, w = r["height"], r["width"]
         heatmap = np.asarray(r["heatmap"], dtype=np.float32).reshape(r["heatmap_shape"])
-        pixel_scores.append(upsample(heatmap, h, w, resize).ravel())
+        maps.append(upsample(heatmap, h, w, resize))
         mask_path = layout.mask_path(r["image_id"])
-        pixel_labels.append((load_mask(mask_path, h, w) if mask_path else np.zeros((h, w), bool)).ravel())
-    px_scores = np.concatenate(pixel_scores) if ok else np.zeros(0)
-    px_labels = np.concatenate(pixel_labels) if ok else np.zeros(0, bool)
+        masks.append(load_mask(mask_path, h, w) if mask_path else np.zeros((h, w), bool))
+    px_scores = np.concatenate([m.ravel() for m in maps]) if ok else np.zeros(0)
+    px_labels = np.concatenate([m.ravel() for m in masks]) if ok else np.zeros(0, bool)
     result = {
         "images": len(table), "errors": len(table) - len(ok),
         "normal_images": int((~labels).sum()), "anomalous_images": int(labels.sum()),
         "image_auroc": metrics.auroc(labels, image_scores, "image AUROC"),
+        "image_aupr": metrics.aupr(labels, image_scores, "image AUPR"),
+        "image_f1_max": metrics.f1_max(labels, image_scores, "image F1-max")[0],
         "pixel_auroc": metrics.auroc(px_labels, px_scores, "pixel AUROC"),
         "pixel_aupr": metrics.aupr(px_labels, px_scores, "pixel AUPR"),
+        "pixel_f1_max": metrics.f1_max(px_labels, px_scores, "pixel F1-max")[0],
+        "aupro": metrics.aupro(masks, maps),
     }
+    flagged = np.array([bool(r["is_anomalous"]) for r in ok]) if ok and ok[0]["is_anomalous"] is not None else None
+    if flagged is not None:  # the calibrated threshold, judged on labelled data
+        result["threshold_fpr"] = float(flagged[~labels].mean()) if (~labels).any() else None
+        result["threshold_tpr"] = float(flagged[labels].mean()) if labels.any() else None
     if log_to_mlflow and mlflow.active_run():
         mlflow.log_metrics({k: v for k, v in result.items() if isinstance(v, (int, float)) and v is not None})
     return result

@@ -100,8 +100,12 @@ def test_scoring_writes_one_row_per_file_with_provenance(trained):
     # Evaluation: image and pixel metrics, logged into the scoring run.
     result = run_evaluation(cfg, out, root, run_id=summary["run_id"])
     assert (result["images"], result["errors"], result["normal_images"], result["anomalous_images"]) == (10, 2, 4, 4)
-    for key in ("image_auroc", "pixel_auroc", "pixel_aupr"):
-        assert 0.0 <= result[key] <= 1.0
+    for key in ("image_auroc", "image_aupr", "image_f1_max", "pixel_auroc", "pixel_aupr", "pixel_f1_max", "aupro"):
+        assert 0.0 <= result[key] <= 1.0, key
+    # The threshold's error rates, from is_anomalous on the labelled rows.
+    ok_rows = [r for r in rows.values() if r["status"] == "ok"]
+    normals = [r["is_anomalous"] for r in ok_rows if r["image_id"].startswith("test/good/")]
+    assert result["threshold_fpr"] == pytest.approx(sum(normals) / len(normals))
     assert MlflowClient().get_run(summary["run_id"]).data.metrics["pixel_auroc"] == pytest.approx(result["pixel_auroc"])
 
 
