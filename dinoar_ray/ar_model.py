@@ -5,6 +5,8 @@ neighbours; the squared prediction error, averaged over channels, is the anomaly
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -103,9 +105,24 @@ def anomaly_map(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return (model(x) - x).pow(2).mean(dim=1)
 
 
-def image_scores(maps: torch.Tensor, aggregation: str = "max", topk_percent: float = 1.0) -> torch.Tensor:
-    """[B, h, w] -> [B]: max, or mean of the top-k% patches."""
-    flat = maps.flatten(1)
+def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """[B, h, w] -> [B, h, w], separable Gaussian blur (sigma in patches), edges replicated."""
+    if sigma <= 0:
+        return maps
+    radius = max(1, math.ceil(3 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    kernel = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    kernel = kernel / kernel.sum()
+    out = F.pad(maps[:, None], (radius, radius, radius, radius), mode="replicate")
+    out = F.conv2d(out, kernel.view(1, 1, 1, -1))
+    out = F.conv2d(out, kernel.view(1, 1, -1, 1))
+    return out[:, 0]
+
+
+def image_scores(maps: torch.Tensor, aggregation: str = "max", topk_percent: float = 1.0,
+                 smooth_sigma: float = 0.0) -> torch.Tensor:
+    """[B, h, w] -> [B]: max, or mean of the top-k% patches, optionally of the Gaussian-smoothed map."""
+    flat = gaussian_smooth(maps, smooth_sigma).flatten(1)
     if aggregation == "max":
         return flat.max(dim=1).values
     if aggregation == "topk_mean":

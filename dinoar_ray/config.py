@@ -60,6 +60,7 @@ class TrainConfig:
 class ScoreConfig:
     aggregation: str = "max"  # max | topk_mean
     topk_percent: float = 1.0  # for topk_mean: share of patches averaged, in percent
+    smooth_sigma: float = 0.0  # Gaussian smoothing of the map before aggregation, in patches (0 = none)
     batch_size: int = 16
     heatmap_dtype: str = "float32"  # float32 | float16
     model: str = ""  # models:/<name>@champion by default; a version number or models:/ URI also works

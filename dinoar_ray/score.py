@@ -57,7 +57,8 @@ class ImageScorer:
     def maps_and_scores(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         grids = self.backbone.embed(images)  # [B, C, h, w]
         maps = anomaly_map(self.model, grids)  # [B, h, w]
-        scores = image_scores(maps, self.package.score["aggregation"], self.package.score["topk_percent"])
+        score = self.package.score
+        scores = image_scores(maps, score["aggregation"], score["topk_percent"], score.get("smooth_sigma", 0.0))
         return maps.cpu().numpy(), scores.cpu().numpy()
 
     def score_batch(self, batch: dict) -> dict:

@@ -112,8 +112,9 @@ def fit(cfg: Config, train_ds: ray.data.Dataset, channels: int, run_name: str) -
 
 
 @torch.no_grad()
-def holdout_scores(model: ARNet, holdout: ray.data.Dataset, aggregation: str, topk_percent: float) -> np.ndarray:
-    scores = [image_scores(anomaly_map(model, b["embedding"]), aggregation, topk_percent)
+def holdout_scores(model: ARNet, holdout: ray.data.Dataset, score: dict) -> np.ndarray:
+    scores = [image_scores(anomaly_map(model, b["embedding"]), score["aggregation"], score["topk_percent"],
+                           score["smooth_sigma"])
               for b in holdout.iter_torch_batches(batch_size=64, dtypes=torch.float32)]
     return torch.cat(scores).numpy() if scores else np.zeros(0, dtype=np.float32)
 
@@ -178,9 +179,10 @@ def run_training(cfg: Config) -> dict:
         package = ModelPackage(
             backbone={**resolved.to_dict(), "img_size": cfg.backbone.img_size, "resize": cfg.backbone.resize,
                       "channels": channels, "grid": grid},
-            ar=vars(cfg.ar).copy(), score={"aggregation": cfg.score.aggregation, "topk_percent": cfg.score.topk_percent},
+            ar=vars(cfg.ar).copy(), score={"aggregation": cfg.score.aggregation, "topk_percent": cfg.score.topk_percent,
+                                           "smooth_sigma": cfg.score.smooth_sigma},
             state_dict=state)
-        scores = holdout_scores(package.build_model(), holdout, cfg.score.aggregation, cfg.score.topk_percent)
+        scores = holdout_scores(package.build_model(), holdout, package.score)
         package.threshold, package.calibration = calibrate(scores, cfg.train.target_fpr)
         package.training = {"epochs": cfg.train.epochs, "final_loss": history[-1]["loss"] if history else None,
                             "images": counts["rows"], "errors": counts["errors"], "holdout": int(len(scores))}

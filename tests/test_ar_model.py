@@ -114,6 +114,21 @@ def test_image_scores_max_and_topk_mean():
         image_scores(maps, "median")
 
 
+def test_gaussian_smoothing_keeps_mass_and_constant_maps():
+    from dinoar_ray.ar_model import gaussian_smooth
+
+    spike = torch.zeros(1, 9, 9)
+    spike[0, 4, 4] = 1.0
+    smooth = gaussian_smooth(spike, 1.0)
+    assert smooth.sum().item() == pytest.approx(1.0, abs=1e-5) and smooth[0, 4, 4] < 0.2
+    assert smooth[0, 4, 3] == pytest.approx(smooth[0, 3, 4].item()) and smooth[0, 4, 3] < smooth[0, 4, 4]
+    assert torch.allclose(gaussian_smooth(torch.full((2, 5, 7), 3.0), 2.0), torch.full((2, 5, 7), 3.0))
+    # Smoothing lowers an isolated spike's max-score below a broad blob of the same height.
+    blob = torch.zeros(1, 9, 9)
+    blob[0, 3:6, 3:6] = 1.0
+    assert image_scores(spike, "max", smooth_sigma=1.0) < image_scores(blob, "max", smooth_sigma=1.0)
+
+
 def test_feature_noise_scale_follows_per_channel_std():
     torch.manual_seed(0)
     x = torch.randn(4, 3, 64, 64) * torch.tensor([1.0, 10.0, 100.0]).view(1, 3, 1, 1)
