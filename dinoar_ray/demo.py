@@ -12,7 +12,7 @@ from . import tracking
 from .config import Config
 from .evaluate import evaluate_scores
 from .score import run_scoring
-from .sources import MVTecLayout
+from .sources import NormalsLayout, detect_layout
 from .train import run_training
 
 
@@ -75,9 +75,9 @@ def run_demo(cfg: Config, data: str = "") -> dict:
     out = os.path.join(os.path.abspath(cfg.output_dir), name)
     cfg.output_dir = out
     root = os.path.abspath(data) if data else make_sample_dataset(os.path.join(out, "sample_data"))
-    if not MVTecLayout.is_mvtec(root):
-        raise ValueError(f"--data {data}: not an MVTec-layout dataset (needs train/good/ and test/)")
-    layout = MVTecLayout(root)
+    layout = detect_layout(root)
+    if isinstance(layout, NormalsLayout):
+        raise ValueError(f"--data {data}: needs an MVTec (train/good/, test/) or BMAD (train/good/img/) layout")
     cfg.data.root = root
     trained = run_training(cfg)
     scores_path = os.path.join(out, "scores")

@@ -13,7 +13,7 @@ from PIL import Image
 
 from . import metrics
 from .backbone import PATCH_SIZE, content_box
-from .sources import MVTecLayout
+from .sources import detect_layout
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,12 @@ def load_mask(path: str, height: int, width: int) -> np.ndarray:
 
 
 def evaluate_scores(scores_path: str, data_root: str, log_to_mlflow: bool = True, resize: str = "squash") -> dict:
-    """Image AUROC, pixel AUROC and pixel AUPR of a scores Parquet on an MVTec-layout test split."""
-    layout = MVTecLayout(os.path.abspath(data_root))
+    """Image and pixel metrics of a scores Parquet on a labelled test split (MVTec or BMAD layout).
+
+    Image ids must be relative to the dataset root (as the demo and `data.root` scoring make them).
+    On a folder of normals only the threshold's false-positive rate is defined.
+    """
+    layout = detect_layout(data_root)
     table = pq.read_table(scores_path, columns=["image_id", "status", "score", "is_anomalous", "heatmap",
                                                 "heatmap_shape", "width", "height"]).to_pylist()
     ok = [r for r in table if r["status"] == "ok"]

@@ -38,7 +38,7 @@ from .package import ModelPackage
 from .runtime import init_ray
 from .embed import check_error_fraction
 from .score import score_dataset
-from .sources import MVTecLayout, read_images
+from .sources import detect_layout, read_images
 
 log = logging.getLogger(__name__)
 SUCCESS, STAGING, REPORTS = "_SUCCESS", "_staging", "_reports"
@@ -98,7 +98,7 @@ def _safe_name(image_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", image_id)[-180:] + ".png"
 
 
-def _mask_for(layout: MVTecLayout | None, image_id: str, shape: tuple[int, int]) -> np.ndarray | None:
+def _mask_for(layout, image_id: str, shape: tuple[int, int]) -> np.ndarray | None:
     if layout is None:
         return None
     path = None
@@ -117,7 +117,7 @@ def _mask_for(layout: MVTecLayout | None, image_id: str, shape: tuple[int, int])
 
 
 def write_overlays(files: list[str], chosen: list[str], folder: str, vmin: float, vmax: float,
-                   layout: MVTecLayout | None, decode_options: DecodeOptions, resize: str) -> dict[str, str]:
+                   layout, decode_options: DecodeOptions, resize: str) -> dict[str, str]:
     """PNG overlays for the chosen image ids; returns image_id -> overlay path.
 
     Heatmaps are read only for the chosen rows, so a large night never sits in driver memory.
@@ -276,7 +276,7 @@ def _report_and_manifest(cfg: Config, package: ModelPackage, model, night: pa.Ta
     normals = np.asarray(package.calibration.get("scores", []), dtype=np.float64)
     lo = float(np.min(normals)) if len(normals) else (float(scores.min()) if len(scores) else 0.0)
     hi = float(max(scores.max() if len(scores) else lo, threshold or lo))
-    layout = MVTecLayout(os.path.abspath(masks_root)) if masks_root else None
+    layout = detect_layout(masks_root) if masks_root else None
     staged = write_overlays(parquet_files(staging), chosen, os.path.join(stage_reports, "overlays"), lo, hi, layout,
                             DecodeOptions(**cfg.data.decode_options()), package.backbone.get("resize", "squash"))
     # Rows point at where the overlays will live once published.

@@ -256,12 +256,78 @@ class MVTecLayout:
         return os.path.join(self.root, "ground_truth", kind, f"{stem}_mask.png")
 
 
+@dataclass(frozen=True)
+class BMADLayout:
+    """root/train/good/img/*, root/{valid,test}/{good,Ungood}/{img,label}/, label = same file name."""
+
+    root: str
+    split: str = "test"
+
+    @property
+    def train_dir(self) -> str:
+        return os.path.join(self.root, "train", "good", "img")
+
+    @property
+    def test_dir(self) -> str:
+        return os.path.join(self.root, self.split)
+
+    @staticmethod
+    def is_bmad(root: str) -> bool:
+        return os.path.isdir(os.path.join(root, "train", "good", "img"))
+
+    def _parts(self, image_id: str) -> list[str]:
+        parts = image_id.split("/")
+        if len(parts) != 4 or parts[0] not in ("valid", "test") or parts[2] != "img":
+            raise ValueError(f"{image_id!r} is not a BMAD evaluation image ({{valid,test}}/<good|Ungood>/img/<file>)")
+        return parts
+
+    def is_anomalous(self, image_id: str) -> bool:
+        return self._parts(image_id)[1] != "good"
+
+    def mask_path(self, image_id: str) -> str | None:
+        split, kind, _, name = self._parts(image_id)
+        return None if kind == "good" else os.path.join(self.root, split, kind, "label", name)
+
+
+@dataclass(frozen=True)
+class NormalsLayout:
+    """A folder of normal images and nothing else: every image is normal, no masks."""
+
+    root: str
+
+    @property
+    def train_dir(self) -> str:
+        return self.root
+
+    @property
+    def test_dir(self) -> str:
+        return self.root
+
+    def is_anomalous(self, image_id: str) -> bool:
+        return False
+
+    def mask_path(self, image_id: str) -> str | None:
+        return None
+
+
+def detect_layout(root: str):
+    """MVTec, BMAD, or a plain folder of normals, from what is on disk."""
+    root = os.path.abspath(root)
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"no such dataset folder: {root}")
+    if BMADLayout.is_bmad(root):  # first: a BMAD root also has train/good/ and test/
+        return BMADLayout(root)
+    if MVTecLayout.is_mvtec(root):
+        return MVTecLayout(root)
+    return NormalsLayout(root)
+
+
 def resolve_data_dirs(root: str, train: str = "", test: str = "") -> tuple[str, str]:
-    """Train and test folders from a data config: explicit paths win, else the MVTec layout of root."""
+    """Train and test folders from a data config: explicit paths win, else the layout of root."""
     if root and not (train and test):
-        if not MVTecLayout.is_mvtec(root):
-            raise ValueError(f"data.root: {root} is not in MVTec layout (needs train/good/ and test/); "
-                             "set data.train and data.test to plain image folders instead")
-        layout = MVTecLayout(os.path.abspath(root))
+        layout = detect_layout(root)
+        if isinstance(layout, NormalsLayout):
+            raise ValueError(f"data.root: {root} is neither MVTec (train/good/, test/) nor BMAD (train/good/img/); "
+                             "set data.train and data.test to image folders or other sources instead")
         train, test = train or layout.train_dir, test or layout.test_dir
     return train, test
