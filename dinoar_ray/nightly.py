@@ -37,7 +37,7 @@ from .images import DecodeOptions, decode
 from .package import ModelPackage
 from .runtime import init_ray
 from .embed import check_error_fraction
-from .score import score_dataset
+from .score import score_dataset, score_schema
 from .sources import detect_layout, read_images
 
 log = logging.getLogger(__name__)
@@ -202,6 +202,9 @@ def run_nightly(cfg: Config, source: str, output: str, date: str = "", rescore: 
         seconds = time.perf_counter() - started
         new_files = parquet_files(staging)
         new_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in new_files)
+        if not new_files:  # nothing new tonight: still publish the (empty) night, so readers know it ran
+            os.makedirs(staging, exist_ok=True)
+            pq.write_table(score_schema(cfg.score.heatmap_dtype).empty_table(), os.path.join(staging, "empty.parquet"))
 
         if new_rows == 0 and os.path.exists(target):
             shutil.rmtree(stage_root, ignore_errors=True)

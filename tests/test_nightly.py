@@ -158,11 +158,19 @@ def test_error_fraction_over_the_limit_fails_the_night_and_publishes_nothing(set
     cfg.data.max_error_fraction = 0.05  # 1 bad file of 13 is 7.7%
     try:
         with pytest.raises(TooManyErrors) as err:
-            run_nightly(cfg, source, output, "2026-11-30")
+            run_nightly(cfg, source, output, "2026-11-30", rescore=True)
     finally:
         cfg.data.max_error_fraction = 1.0
     assert "1 of 13 rows are errors" in str(err.value) and "good/zero.png: empty file" in str(err.value)
     assert not os.path.exists(partition_dir(output, "2026-11-30"))
+
+
+def test_a_night_with_nothing_new_is_published_empty(setup):
+    cfg, _, source, output, _ = setup
+    summary = run_nightly(cfg, source, output, "2026-11-29")  # everything was scored on earlier nights
+    assert summary["new_rows"] == 0 and summary["rows"] == 0
+    assert pq.read_table(partition_dir(output, "2026-11-29")).num_rows == 0
+    assert json.load(open(os.path.join(partition_dir(output, "2026-11-29"), SUCCESS)))["rows"] == 0
 
 
 def test_new_version_behind_the_alias_is_picked_up_next_night(setup):
