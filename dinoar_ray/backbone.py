@@ -46,11 +46,12 @@ class ResolvedBackbone:
 
 
 def how_to_provide(spec: str, reason: str) -> str:
+    hub_id = spec if not spec.startswith(("/", ".")) else "facebook/dinov3-vits16-pretrain-lvd1689m"
     return (
         f"DINOv3 weights for '{spec}' are not available: {reason}.\n"
         "Provide them in one of these ways:\n"
-        f"  1. accept the licence at https://huggingface.co/{spec} and export HF_TOKEN=<token with read access>;\n"
-        f"  2. download once elsewhere (`huggingface-cli download {spec} --local-dir /models/dinov3-vits16`),\n"
+        f"  1. accept the licence at https://huggingface.co/{hub_id} and export HF_TOKEN=<token with read access>;\n"
+        f"  2. download once elsewhere (`hf download {hub_id} --local-dir /models/dinov3-vits16`),\n"
         "     copy the folder to this machine (or shared storage) and set backbone.name=/models/dinov3-vits16;\n"
         "  3. for a smoke test only: backbone.name=random-init (meaningless scores, marked random-init everywhere)."
     )

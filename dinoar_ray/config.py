@@ -54,6 +54,9 @@ class TrainConfig:
     holdout_fraction: float = 0.1  # normals kept out of fitting, used to calibrate the threshold
     target_fpr: float = 0.01  # false-positive rate the threshold is set at, on held-out normals
     seed: int = 0
+    # Ray Train run name: "" starts a fresh run; the name of an earlier run resumes it after its last
+    # finished epoch (same output_dir).
+    run_name: str = ""
 
 
 @dataclass

@@ -64,6 +64,9 @@ def make_sample_dataset(root: str, n_train: int = 48, n_good: int = 12, n_defect
 
 def run_evaluation(cfg: Config, scores_path: str, data_root: str, run_id: str | None = None) -> dict:
     """Metrics of a scores Parquet, logged to the given MLflow run (the scoring run) or a new one."""
+    if not os.path.exists(scores_path):
+        raise FileNotFoundError(f"no scores at {scores_path}; run `dinoar score` (or jobs/score.py) first")
+    detect_layout(data_root)  # a missing dataset folder fails here, before a run is opened
     tracking.setup(cfg)
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else "evaluate"):
         return evaluate_scores(scores_path, data_root, resize=cfg.backbone.resize)

@@ -48,19 +48,31 @@ def evaluate_scores(scores_path: str, data_root: str, log_to_mlflow: bool = True
     table = pq.read_table(scores_path, columns=["image_id", "status", "score", "is_anomalous", "heatmap",
                                                 "heatmap_shape", "width", "height"]).to_pylist()
     ok = [r for r in table if r["status"] == "ok"]
-    labels = np.array([layout.is_anomalous(r["image_id"]) for r in ok], dtype=bool)
-    image_scores = np.array([r["score"] for r in ok], dtype=np.float64)
+    heatmaps = [np.asarray(r["heatmap"], dtype=np.float32).reshape(r["heatmap_shape"]) for r in ok]
+    flagged = [r["is_anomalous"] for r in ok] if ok and ok[0]["is_anomalous"] is not None else None
+    result = {"images": len(table), "errors": len(table) - len(ok),
+              **evaluate_maps(layout, [r["image_id"] for r in ok], [(r["height"], r["width"]) for r in ok],
+                              heatmaps, np.array([r["score"] for r in ok], dtype=np.float64), flagged, resize)}
+    if log_to_mlflow and mlflow.active_run():
+        mlflow.log_metrics({k: v for k, v in result.items() if isinstance(v, (int, float)) and v is not None})
+    return result
+
+
+def evaluate_maps(layout, image_ids: list[str], sizes: list[tuple[int, int]], heatmaps: list[np.ndarray],
+                  image_scores: np.ndarray, flagged: list[bool] | None = None, resize: str = "squash") -> dict:
+    """Every metric of one detector's token maps and image scores on a labelled test split.
+
+    Maps are upsampled to each image's own size before the pixel metrics.
+    """
+    labels = np.array([layout.is_anomalous(i) for i in image_ids], dtype=bool)
     maps, masks = [], []
-    for r in ok:
-        h, w = r["height"], r["width"]
-        heatmap = np.asarray(r["heatmap"], dtype=np.float32).reshape(r["heatmap_shape"])
+    for image_id, (h, w), heatmap in zip(image_ids, sizes, heatmaps):
         maps.append(upsample(heatmap, h, w, resize))
-        mask_path = layout.mask_path(r["image_id"])
+        mask_path = layout.mask_path(image_id)
         masks.append(load_mask(mask_path, h, w) if mask_path else np.zeros((h, w), bool))
-    px_scores = np.concatenate([m.ravel() for m in maps]) if ok else np.zeros(0)
-    px_labels = np.concatenate([m.ravel() for m in masks]) if ok else np.zeros(0, bool)
+    px_scores = np.concatenate([m.ravel() for m in maps]) if maps else np.zeros(0)
+    px_labels = np.concatenate([m.ravel() for m in masks]) if masks else np.zeros(0, bool)
     result = {
-        "images": len(table), "errors": len(table) - len(ok),
         "normal_images": int((~labels).sum()), "anomalous_images": int(labels.sum()),
         "image_auroc": metrics.auroc(labels, image_scores, "image AUROC"),
         "image_aupr": metrics.aupr(labels, image_scores, "image AUPR"),
@@ -70,10 +82,8 @@ def evaluate_scores(scores_path: str, data_root: str, log_to_mlflow: bool = True
         "pixel_f1_max": metrics.f1_max(px_labels, px_scores, "pixel F1-max")[0],
         "aupro": metrics.aupro(masks, maps),
     }
-    flagged = np.array([bool(r["is_anomalous"]) for r in ok]) if ok and ok[0]["is_anomalous"] is not None else None
     if flagged is not None:  # the calibrated threshold, judged on labelled data
+        flagged = np.asarray(flagged, dtype=bool)
         result["threshold_fpr"] = float(flagged[~labels].mean()) if (~labels).any() else None
         result["threshold_tpr"] = float(flagged[labels].mean()) if labels.any() else None
-    if log_to_mlflow and mlflow.active_run():
-        mlflow.log_metrics({k: v for k, v in result.items() if isinstance(v, (int, float)) and v is not None})
     return result

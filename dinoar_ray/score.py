@@ -21,7 +21,7 @@ from .embed import check_error_fraction, decode_rows, device_for
 from .images import DecodeOptions
 from .package import ModelPackage
 from .runtime import init_ray
-from .sources import read_images
+from .sources import check_source, read_images
 
 log = logging.getLogger(__name__)
 
@@ -129,12 +129,13 @@ def score_dataset(rows: ray.data.Dataset, package: ModelPackage, provenance: dic
 
 def run_scoring(cfg: Config, source: str, output: str, root: str | None = None) -> dict:
     """Score every image under `source` with the registry's model; write Parquet to `output`."""
-    init_ray(cfg)
+    check_source(source)
     tracking.setup(cfg)
     model = tracking.resolve_model(cfg.score.model, cfg)
     package = tracking.download_package(model)
     resolve(package.backbone["source"], package.backbone["revision"] or "main",
             timeout_s=cfg.backbone.hub_timeout_s)  # fail early, with instructions, if weights are missing
+    init_ray(cfg)
     with mlflow.start_run(run_name=f"score-{model.name}-v{model.version}") as run:
         tracking.log_params({"model_uri": model.uri, "model_name": model.name, "model_version": model.version,
                              "backbone": package.backbone["name"], "source": source, "output": output})

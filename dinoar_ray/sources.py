@@ -180,6 +180,16 @@ def read_images(path: str, root: str | None = None, data=None) -> ray.data.Datas
     return _read_folder(path, root)
 
 
+def check_source(path: str) -> None:
+    """Fail fast, before any cluster work, when a source plainly does not exist."""
+    fs, p = fsspec.core.url_to_fs(path)
+    if glob.has_magic(p):
+        if not fs.glob(p):
+            raise FileNotFoundError(f"nothing matches the source pattern {path}")
+    elif not fs.exists(p):
+        raise FileNotFoundError(f"no such source: {path} (a folder, glob, shard, Parquet table or manifest)")
+
+
 def _is_folder_of_archives(path: str) -> bool:
     fs, p = fsspec.core.url_to_fs(path)
     if glob.has_magic(p) or not fs.isdir(p):
@@ -238,11 +248,14 @@ class MVTecLayout:
 
     @staticmethod
     def defect_type(image_id: str) -> str:
-        """'test/crack/x.png' -> 'crack'."""
+        """'test/crack/x.png' (relative to the root) or 'crack/x.png' (relative to test/) -> 'crack'."""
         parts = image_id.split("/")
-        if len(parts) < 3 or parts[0] != "test":
-            raise ValueError(f"{image_id!r} is not a test image of an MVTec layout (test/<type>/<file>)")
-        return parts[1]
+        if len(parts) == 3 and parts[0] == "test":
+            return parts[1]
+        if len(parts) == 2:
+            return parts[0]
+        raise ValueError(f"{image_id!r} is not a test image of an MVTec layout (test/<type>/<file>, ids relative "
+                         "to the dataset root or to its test/ folder)")
 
     def is_anomalous(self, image_id: str) -> bool:
         return self.defect_type(image_id) != "good"
@@ -277,6 +290,8 @@ class BMADLayout:
 
     def _parts(self, image_id: str) -> list[str]:
         parts = image_id.split("/")
+        if len(parts) == 3:  # relative to the evaluated split's folder
+            parts = [self.split, *parts]
         if len(parts) != 4 or parts[0] not in ("valid", "test") or parts[2] != "img":
             raise ValueError(f"{image_id!r} is not a BMAD evaluation image ({{valid,test}}/<good|Ungood>/img/<file>)")
         return parts

@@ -71,6 +71,15 @@ def resolve_model(spec: str, cfg: Config) -> ResolvedModel:
         else:
             mv = client.get_model_version(name, str(int(ref)))
     except (mlflow.exceptions.MlflowException, ValueError) as exc:
+        versions = []
+        try:
+            versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+        except mlflow.exceptions.MlflowException:
+            pass
+        if versions:
+            raise LookupError(f"model '{name}' has no {'alias ' + ref[1:] if ref.startswith('@') else 'version ' + ref} "
+                              f"in the registry at {mlflow.get_tracking_uri()}; its versions are "
+                              f"{', '.join(map(str, versions))}") from None
         raise LookupError(
             f"model '{name}' {ref} is not in the registry at {mlflow.get_tracking_uri()} "
             f"({str(exc).splitlines()[0][:200]}). Train and register one first: "

@@ -29,7 +29,7 @@ from .config import Config
 from .embed import check_error_fraction, embed_dataset, read_cache, write_cache
 from .package import ModelPackage
 from .runtime import init_ray
-from .sources import read_images, resolve_data_dirs
+from .sources import check_source, read_images, resolve_data_dirs
 
 log = logging.getLogger(__name__)
 CKPT_WEIGHTS, CKPT_OPTIMIZER, CKPT_STATE = "ar_model.safetensors", "optimizer.pt", "state.json"
@@ -144,15 +144,16 @@ def embed_to_cache(cfg: Config, resolved: ResolvedBackbone, source: str, cache: 
 
 def run_training(cfg: Config) -> dict:
     """embed -> fit -> calibrate -> package -> log + register in MLflow. Returns a summary."""
-    init_ray(cfg)
     tracking.setup(cfg)
     train_dir, _ = resolve_data_dirs(cfg.data.root, cfg.data.train, cfg.data.test)
     if not train_dir:
         raise ValueError("data.root (MVTec layout) or data.train (a folder of normal images) must be set")
+    check_source(train_dir)
     resolved = resolve(cfg.backbone.name, cfg.backbone.revision, cfg.backbone.allow_random_fallback,
                        cfg.backbone.hub_timeout_s)
     out = os.path.abspath(cfg.output_dir)
     cache = os.path.join(out, "embeddings", "train")
+    init_ray(cfg)  # only once the inputs are known to be usable
 
     with mlflow.start_run(run_name=f"train-{cfg.tracking.model_name}") as run:
         tracking.log_params({**cfg.flat(), "backbone": resolved.name, "backbone.kind": resolved.kind})
@@ -171,7 +172,7 @@ def run_training(cfg: Config) -> dict:
         holdout = cached.filter(lambda r: is_holdout(r["image_id"], frac)).select_columns(["embedding"])
 
         t0 = time.perf_counter()
-        state, history = fit(cfg, train_ds, channels, run_name=f"dinoar-{run.info.run_id}")
+        state, history = fit(cfg, train_ds, channels, run_name=cfg.train.run_name or f"dinoar-{run.info.run_id}")
         fit_s = time.perf_counter() - t0
         for record in history:
             mlflow.log_metric("train_loss", record["loss"], step=int(record["epoch"]))

@@ -66,7 +66,10 @@ def test_unreachable_hub_decides_in_seconds_and_demo_falls_back_marked(monkeypat
 
 
 def test_missing_local_directory_and_bad_preset():
-    with pytest.raises(BackboneUnavailable, match="does not exist"):
+    with pytest.raises(BackboneUnavailable, match="does not exist") as err:
         resolve("/no/such/dinov3")
+    # The advice names the hub repository, not the missing path.
+    assert "hf download facebook/dinov3-vits16-pretrain-lvd1689m" in str(err.value)
+    assert "huggingface.co//" not in str(err.value)
     with pytest.raises(ValueError, match="random-init:vits16"):
         resolve("random-init:huge")

@@ -54,6 +54,16 @@ def test_detection_and_paths(tmp_path):
         resolve_data_dirs(str(tmp_path / "plain"))
 
 
+def test_ids_relative_to_the_test_folder_are_accepted(tmp_path):
+    mvtec = MVTecLayout(str(tmp_path))
+    assert mvtec.mask_path("crack/x.png") == mvtec.mask_path("test/crack/x.png")
+    assert mvtec.is_anomalous("crack/x.png") and not mvtec.is_anomalous("good/x.png")
+    with pytest.raises(ValueError, match="not a test image"):
+        mvtec.is_anomalous("train/good/deep/x.png")
+    bmad = BMADLayout(str(tmp_path))
+    assert bmad.mask_path("Ungood/img/a.png") == bmad.mask_path("test/Ungood/img/a.png")
+
+
 def test_bmad_evaluation_matches_sklearn_on_the_upsampled_maps(tmp_path):
     root = bmad(tmp_path / "b")
     # 2x2 maps upsample to 8x8; the anomaly image's hot cell is the defect's quarter.
