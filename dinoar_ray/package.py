@@ -25,7 +25,7 @@ WEIGHTS_FILE = "ar_model.safetensors"
 
 @dataclass
 class ModelPackage:
-    backbone: dict  # ResolvedBackbone fields + img_size, channels, grid
+    backbone: dict  # ResolvedBackbone fields + img_size, resize, channels, grid
     ar: dict  # ARNet kwargs: mode, num_layers, hidden, kernel_size, dilations
     score: dict  # aggregation, topk_percent
     state_dict: dict[str, torch.Tensor]
@@ -35,7 +35,8 @@ class ModelPackage:
 
     @property
     def resolved_backbone(self) -> ResolvedBackbone:
-        return ResolvedBackbone(**{k: self.backbone[k] for k in ("source", "revision", "kind", "name")})
+        fields_ = ("source", "revision", "kind", "name", "weights", "stages")
+        return ResolvedBackbone(**{k: self.backbone[k] for k in fields_ if k in self.backbone})
 
     def build_model(self) -> ARNet:
         model = ARNet(self.backbone["channels"], **self.ar)

@@ -15,7 +15,7 @@ from safetensors.torch import save as save_bytes
 
 from . import tracking
 from .ar_model import anomaly_map, image_scores
-from .backbone import Backbone, resolve
+from .backbone import Backbone, ensure_available
 from .config import Config
 from .embed import check_error_fraction, decode_rows, device_for
 from .images import DecodeOptions
@@ -127,15 +127,23 @@ def score_dataset(rows: ray.data.Dataset, package: ModelPackage, provenance: dic
     )
 
 
-def run_scoring(cfg: Config, source: str, output: str, root: str | None = None) -> dict:
-    """Score every image under `source` with the registry's model; write Parquet to `output`."""
+def prepare_scoring(cfg: Config, source: str) -> tuple[tracking.ResolvedModel, ModelPackage]:
+    """Set-up shared by every scoring job: check the source, look the model up, then start Ray.
+
+    Everything that can be wrong with the input or the model fails here, before any actor starts.
+    """
     check_source(source)
     tracking.setup(cfg)
     model = tracking.resolve_model(cfg.score.model, cfg)
     package = tracking.download_package(model)
-    resolve(package.backbone["source"], package.backbone["revision"] or "main",
-            timeout_s=cfg.backbone.hub_timeout_s)  # fail early, with instructions, if weights are missing
+    ensure_available(package.resolved_backbone, cfg.backbone.hub_timeout_s)  # with instructions if missing
     init_ray(cfg)
+    return model, package
+
+
+def run_scoring(cfg: Config, source: str, output: str, root: str | None = None) -> dict:
+    """Score every image under `source` with the registry's model; write Parquet to `output`."""
+    model, package = prepare_scoring(cfg, source)
     with mlflow.start_run(run_name=f"score-{model.name}-v{model.version}") as run:
         tracking.log_params({"model_uri": model.uri, "model_name": model.name, "model_version": model.version,
                              "backbone": package.backbone["name"], "source": source, "output": output})

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from . import tracking
 from .ar_model import ARNet, add_feature_noise, anomaly_map, image_scores
-from .backbone import ResolvedBackbone, resolve
+from .backbone import ResolvedBackbone, resolve_config
 from .config import Config
 from .embed import check_error_fraction, embed_dataset, read_cache, write_cache
 from .package import ModelPackage
@@ -149,8 +149,7 @@ def run_training(cfg: Config) -> dict:
     if not train_dir:
         raise ValueError("data.root (MVTec layout) or data.train (a folder of normal images) must be set")
     check_source(train_dir)
-    resolved = resolve(cfg.backbone.name, cfg.backbone.revision, cfg.backbone.allow_random_fallback,
-                       cfg.backbone.hub_timeout_s)
+    resolved = resolve_config(cfg.backbone)
     out = os.path.abspath(cfg.output_dir)
     cache = os.path.join(out, "embeddings", "train")
     init_ray(cfg)  # only once the inputs are known to be usable

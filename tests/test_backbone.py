@@ -17,7 +17,7 @@ def test_random_init_embeds_to_patch_grid_without_cls_and_registers():
     grids = backbone.embed(images)
     assert grids.shape == (2, 32, 4, 4)  # tiny preset: 32 channels, 64/16 = 4
     # Same tokens as the model's own output, minus CLS and the 4 registers, in row-major order.
-    tokens = backbone.model(pixel_values=preprocess(images, 64)).last_hidden_state
+    tokens = backbone.encoder.vit(pixel_values=preprocess(images, 64)).last_hidden_state
     assert tokens.shape[1] == 1 + 4 + 16
     assert torch.allclose(grids[1, :, 2, 3], tokens[1, 5 + 2 * 4 + 3], atol=1e-5)
 
