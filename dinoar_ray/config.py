@@ -111,6 +111,9 @@ class RayConfig:
     address: str = ""  # "" = connect to RAY_ADDRESS / a running cluster, or start a local one
     num_cpus: int = 0  # local cluster only; 0 = Ray decides
     embed_concurrency: int = 1  # embedding / scoring actors
+    # CPUs per embedding / scoring actor; Ray caps each actor's torch threads at this number, so on
+    # a CPU-only machine give the one actor every core.
+    actor_cpus: float = 1.0
     use_gpu: bool = False  # one GPU per embedding/scoring actor and per training worker
 
 
@@ -235,6 +238,7 @@ def validate(cfg: Config) -> Config:
         ("train.noise_prob", cfg.train.noise_prob, 0.0, 1.0),
         ("score.topk_percent", cfg.score.topk_percent, 0.0, 100.0),
         ("data.max_error_fraction", cfg.data.max_error_fraction, 0.0, 1.0),
+        ("ray.actor_cpus", cfg.ray.actor_cpus, 0.0, 1024.0),
     ]:
         if not lo <= value <= hi:
             raise ConfigError(f"{key}: {value} must lie in [{lo}, {hi}]")

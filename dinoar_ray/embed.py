@@ -95,6 +95,7 @@ def embed_dataset(rows: ray.data.Dataset, resolved: ResolvedBackbone, cfg) -> ra
         batch_size=cfg.backbone.batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=concurrency),
+        num_cpus=cfg.ray.actor_cpus,
         num_gpus=1 if use_gpu else 0,
     )
 

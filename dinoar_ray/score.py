@@ -123,6 +123,7 @@ def score_dataset(rows: ray.data.Dataset, package: ModelPackage, provenance: dic
         batch_size=cfg.score.batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=cfg.ray.embed_concurrency),
+        num_cpus=cfg.ray.actor_cpus,
         num_gpus=1 if cfg.ray.use_gpu else 0,
     )
 

@@ -3,7 +3,7 @@ import os
 
 from conftest import tiny_config
 
-from dinoar_ray.benchmark import COLUMNS, run_quality_benchmark
+from dinoar_ray.benchmark import AGGREGATIONS, COLUMNS, run_quality_benchmark
 from dinoar_ray.demo import make_sample_dataset
 
 
@@ -21,4 +21,10 @@ def test_benchmark_fits_every_detector_on_the_same_embeddings_and_writes_one_tab
     assert report["detectors"]["knn-coreset"]["model_mb"] == 64 * 32 * 4 / 1e6
     table = open(os.path.join(cfg.output_dir, "benchmark.md")).read()
     assert all(c in table for c in COLUMNS) and "| ar-causal |" in table
-    assert json.load(open(os.path.join(cfg.output_dir, "benchmark.json")))["backbone"] == "random-init:tiny"
+    saved = json.load(open(os.path.join(cfg.output_dir, "benchmark.json")))
+    assert saved["backbone"] == "random-init:tiny"
+    # The sweep's "max" entry is the same image AUROC as the main table's (aggregation max).
+    for name, row in report["detectors"].items():
+        assert set(saved["image_auroc_by_aggregation"][name]) == {a[0] for a in AGGREGATIONS}
+        assert abs(saved["image_auroc_by_aggregation"][name]["max"] - row["image_auroc"]) < 1e-9
+    assert "| detector | " + " | ".join(a[0] for a in AGGREGATIONS) + " |" in table
