@@ -119,8 +119,8 @@ def run_quality_benchmark(cfg: Config, data_root: str, modes: tuple[str, ...] = 
         report = {"backbone": resolved.name, "data": root, "images": n_images, "embed_s": embed_s,
                   "embed_ms_per_image": 1000 * embed_s / max(n_images, 1), "aggregation": score.aggregation,
                   "detectors": rows, "image_auroc_by_aggregation": sweep}
-        table = (markdown_table(rows) + f"\nImage AUROC by image-score aggregation (-s1: Gaussian smoothing, "
-                 f"sigma 1 patch):\n\n" + markdown_table(sweep, [a[0] for a in AGGREGATIONS]))
+        table = (markdown_table(rows) + "\nImage AUROC by image-score aggregation (-s1: Gaussian smoothing, "
+                 "sigma 1 patch):\n\n" + markdown_table(sweep, [a[0] for a in AGGREGATIONS]))
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "benchmark.md"), "w") as f:
             f.write(f"Backbone {resolved.name}, data {root}, {n_images} images, embedding "

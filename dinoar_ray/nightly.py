@@ -36,7 +36,7 @@ from .images import DecodeOptions, decode
 from .package import ModelPackage
 from .embed import check_error_fraction
 from .score import prepare_scoring, score_dataset, score_schema
-from .sources import detect_layout, read_images
+from .sources import detect_layout, read_images, read_source_bytes
 
 log = logging.getLogger(__name__)
 SUCCESS, STAGING, REPORTS = "_SUCCESS", "_staging", "_reports"
@@ -115,7 +115,8 @@ def _mask_for(layout, image_id: str, shape: tuple[int, int]) -> np.ndarray | Non
 
 
 def write_overlays(files: list[str], chosen: list[str], folder: str, vmin: float, vmax: float,
-                   layout, decode_options: DecodeOptions, resize: str) -> dict[str, str]:
+                   layout, decode_options: DecodeOptions, resize: str, id_column: str = "image_id",
+                   bytes_column: str = "bytes") -> dict[str, str]:
     """PNG overlays for the chosen image ids; returns image_id -> overlay path.
 
     Heatmaps are read only for the chosen rows, so a large night never sits in driver memory.
@@ -128,10 +129,13 @@ def write_overlays(files: list[str], chosen: list[str], folder: str, vmin: float
     rows = [r for f in files for r in pq.read_table(f, columns=["image_id", "source_uri", "heatmap", "heatmap_shape"])
             .filter(pc.is_in(pc.field("image_id"), wanted)).to_pylist()]
     for r in rows:
-        uri = r["source_uri"]
-        with open(uri[len("file://"):] if uri.startswith("file://") else uri, "rb") as f:
-            image, _ = decode(f.read(), options=decode_options)
-        if image is None:  # the file changed since it was scored
+        try:
+            data = read_source_bytes(r["source_uri"], id_column, bytes_column)
+        except (OSError, ValueError) as exc:  # gone or changed since it was scored: no overlay, no failed night
+            log.warning("no overlay for %s: %s", r["image_id"], exc)
+            continue
+        image, _ = decode(data, options=decode_options)
+        if image is None:
             continue
         heatmap = np.asarray(r["heatmap"], dtype=np.float32).reshape(r["heatmap_shape"])
         path = os.path.join(folder, _safe_name(r["image_id"]))
@@ -275,7 +279,8 @@ def _report_and_manifest(cfg: Config, package: ModelPackage, model, night: pa.Ta
     hi = float(max(scores.max() if len(scores) else lo, threshold or lo))
     layout = detect_layout(masks_root) if masks_root else None
     staged = write_overlays(parquet_files(staging), chosen, os.path.join(stage_reports, "overlays"), lo, hi, layout,
-                            DecodeOptions(**cfg.data.decode_options()), package.backbone.get("resize", "squash"))
+                            DecodeOptions(**cfg.data.decode_options()), package.backbone.get("resize", "squash"),
+                            cfg.data.id_column, cfg.data.bytes_column)
     # Rows point at where the overlays will live once published.
     final_paths = {i: os.path.join(final_reports, "overlays", os.path.basename(p)) for i, p in staged.items()}
     set_overlay_paths(parquet_files(staging), final_paths)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import fsspec
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
@@ -136,6 +137,31 @@ def fetch_uris(batch: dict, id_column: str | None, uri_column: str) -> dict:
             reason = "file not found" if isinstance(exc, FileNotFoundError) else " ".join(str(exc).split())[:200]
             rows.append({"image_id": image_id, "source_uri": uri, "bytes": b"", "source_error": f"unreadable: {reason}"})
     return _columns(rows) if rows else {k: np.array([], dtype=object) for k in ("image_id", "source_uri", "bytes", "source_error")}
+
+
+def read_source_bytes(source_uri: str, id_column: str = "image_id", bytes_column: str = "bytes") -> bytes:
+    """The bytes behind one row's source_uri: a file or URL, `<shard>::<member>`, or `<table.parquet>::<id>`.
+
+    For the few images a report draws again after scoring; the batch path never calls this.
+    """
+    path, sep, key = source_uri.partition("::")
+    if sep and source_kind(path) == "archive":
+        fs, shard = fsspec.core.url_to_fs(path)
+        for r in iter_archive(fs, shard, root=""):
+            if r["image_id"].split("::", 1)[-1] == key and not r["source_error"]:
+                return r["bytes"]
+        raise FileNotFoundError(f"{key} is not a readable member of {path}")
+    if sep and source_kind(path) == "parquet":
+        fs, table_path = fsspec.core.url_to_fs(path)
+        with fs.open(table_path, "rb") as f:
+            id_type = pq.read_schema(f).field(id_column).type  # ids are strings in rows, maybe not in the table
+            value = pa.scalar(key).cast(id_type).as_py()
+            table = pq.read_table(f, columns=[id_column, bytes_column], filters=[(id_column, "=", value)])
+        if table.num_rows == 0:
+            raise FileNotFoundError(f"no row with {id_column} = {key} in {path}")
+        return table[bytes_column][0].as_py()
+    with fsspec.open(source_uri, "rb") as f:
+        return f.read()
 
 
 def read_images(path: str, root: str | None = None, data=None) -> ray.data.Dataset:

@@ -1,6 +1,7 @@
 """Every source type holding the same good and bad files: rows out == files in, the right statuses
 and reasons, and the same score for the same image whatever container it came in."""
 import csv
+import hashlib
 import io
 import os
 import tarfile
@@ -15,7 +16,7 @@ from conftest import tiny_config, tiny_package
 from PIL import Image
 
 from dinoar_ray.score import score_dataset
-from dinoar_ray.sources import fetch_uris, iter_archive, read_images, source_kind
+from dinoar_ray.sources import fetch_uris, iter_archive, read_images, read_source_bytes, source_kind
 
 
 def encode(array: np.ndarray, fmt: str = "PNG") -> bytes:
@@ -120,6 +121,9 @@ def test_every_container_gives_one_row_per_file_and_the_same_scores(ray_session,
             name = r["image_id"].rsplit("/", 1)[-1].rsplit("::", 1)[-1].lower()
             if r["status"] == "ok":
                 scores_by_hash.setdefault(r["content_sha256"], set()).add(round(float(r["score"]), 5))
+                # Reports fetch an image again from its source_uri alone, whatever container it is in.
+                again = read_source_bytes(r["source_uri"], "key", "payload")
+                assert hashlib.sha256(again).hexdigest() == r["content_sha256"], (kind, r["source_uri"])
             elif name in REASONS:
                 assert r["error"].startswith(REASONS[name]), (kind, r["image_id"], r["error"])
             elif "escape" in name or "abs.png" in name:
