@@ -75,7 +75,7 @@ def _run(args: argparse.Namespace, cfg) -> int:
             result = run_scoring(cfg, args.source, args.output)
         print(json.dumps(result, indent=2, default=str))
     elif args.command == "evaluate":
-        from .demo import run_evaluation
+        from .evaluate import run_evaluation
         print(json.dumps(run_evaluation(cfg, args.scores, args.data, args.run_id), indent=2))
     return 0
 

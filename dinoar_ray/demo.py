@@ -4,13 +4,12 @@ from __future__ import annotations
 import json
 import os
 
-import mlflow
 import numpy as np
 from PIL import Image, ImageDraw
 
 from . import tracking
 from .config import Config
-from .evaluate import evaluate_scores
+from .evaluate import run_evaluation
 from .score import run_scoring
 from .sources import NormalsLayout, detect_layout
 from .train import run_training
@@ -60,16 +59,6 @@ def make_sample_dataset(root: str, n_train: int = 48, n_good: int = 12, n_defect
         save(image, "test", "foreign", f"{i:03d}.png")
         save((mask * 255).astype(np.uint8), "ground_truth", "foreign", f"{i:03d}_mask.png")
     return root
-
-
-def run_evaluation(cfg: Config, scores_path: str, data_root: str, run_id: str | None = None) -> dict:
-    """Metrics of a scores Parquet, logged to the given MLflow run (the scoring run) or a new one."""
-    if not os.path.exists(scores_path):
-        raise FileNotFoundError(f"no scores at {scores_path}; run `dinoar score` (or jobs/score.py) first")
-    detect_layout(data_root)  # a missing dataset folder fails here, before a run is opened
-    tracking.setup(cfg)
-    with mlflow.start_run(run_id=run_id, run_name=None if run_id else "evaluate"):
-        return evaluate_scores(scores_path, data_root, resize=cfg.backbone.resize)
 
 
 def run_demo(cfg: Config, data: str = "") -> dict:

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import metrics
+from . import metrics, tracking
 from .backbone import PATCH_SIZE, content_box
+from .config import Config
 from .sources import detect_layout
 
 log = logging.getLogger(__name__)
@@ -87,3 +88,13 @@ def evaluate_maps(layout, image_ids: list[str], sizes: list[tuple[int, int]], he
         result["threshold_fpr"] = float(flagged[~labels].mean()) if (~labels).any() else None
         result["threshold_tpr"] = float(flagged[labels].mean()) if labels.any() else None
     return result
+
+
+def run_evaluation(cfg: Config, scores_path: str, data_root: str, run_id: str | None = None) -> dict:
+    """Metrics of a scores Parquet, logged to the given MLflow run (the scoring run) or a new one."""
+    if not os.path.exists(scores_path):
+        raise FileNotFoundError(f"no scores at {scores_path}; run `dinoar score` (or jobs/score.py) first")
+    detect_layout(data_root)  # a missing dataset folder fails here, before a run is opened
+    tracking.setup(cfg)
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else "evaluate"):
+        return evaluate_scores(scores_path, data_root, resize=cfg.backbone.resize)

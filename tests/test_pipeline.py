@@ -11,7 +11,8 @@ from conftest import tiny_config
 from mlflow import MlflowClient
 
 from dinoar_ray import tracking
-from dinoar_ray.demo import make_sample_dataset, run_evaluation
+from dinoar_ray.demo import make_sample_dataset
+from dinoar_ray.evaluate import run_evaluation
 from dinoar_ray.score import run_scoring, score_schema
 from dinoar_ray.sources import IMAGE_EXTENSIONS
 from dinoar_ray.train import run_training
