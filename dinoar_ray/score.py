@@ -128,6 +128,21 @@ def score_dataset(rows: ray.data.Dataset, package: ModelPackage, provenance: dic
     )
 
 
+def check_replaceable(output: str, source: str) -> None:
+    """`--output` is replaced on every run, so refuse any folder that holds more than an earlier run's scores."""
+    out = os.path.abspath(output)
+    local_source = None if "://" in source else os.path.abspath(source)
+    for inner, what in ((local_source, "the source"), (os.getcwd(), "the working directory")):
+        if inner and (inner == out or inner.startswith(out + os.sep)):
+            raise ValueError(f"--output {output} contains {what}; scoring replaces the whole --output folder, "
+                             "so give it a folder of its own")
+    if os.path.isdir(out):
+        foreign = sorted(f for f in os.listdir(out) if not f.endswith(".parquet"))
+        if foreign:
+            raise ValueError(f"--output {output} holds files that are not scores ({', '.join(foreign[:3])}); "
+                             "scoring replaces the whole folder, so choose an empty one or an earlier scores folder")
+
+
 def prepare_scoring(cfg: Config, source: str) -> tuple[tracking.ResolvedModel, ModelPackage]:
     """Set-up shared by every scoring job: check the source, look the model up, then start Ray.
 
@@ -144,6 +159,7 @@ def prepare_scoring(cfg: Config, source: str) -> tuple[tracking.ResolvedModel, M
 
 def run_scoring(cfg: Config, source: str, output: str, root: str | None = None) -> dict:
     """Score every image under `source` with the registry's model; write Parquet to `output`."""
+    check_replaceable(output, source)
     model, package = prepare_scoring(cfg, source)
     with mlflow.start_run(run_name=f"score-{model.name}-v{model.version}") as run:
         tracking.log_params({"model_uri": model.uri, "model_name": model.name, "model_version": model.version,

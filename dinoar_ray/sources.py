@@ -68,6 +68,10 @@ def _expand(uri: str) -> tuple[object, list[str], str]:
     return fs, [path], path.rsplit("/", 1)[0]
 
 
+def _one_line(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:200]
+
+
 def _unsafe_member(name: str) -> bool:
     parts = name.replace("\\", "/").split("/")
     return name.startswith(("/", "\\")) or ".." in parts or (len(name) > 1 and name[1] == ":")
@@ -91,7 +95,12 @@ def iter_archive(fs, shard: str, root: str):
                         if _unsafe_member(info.filename):
                             yield row(info.filename, error="unsafe member path (escapes the archive); not read")
                             continue
-                        yield row(info.filename, z.read(info))
+                        try:  # zip members are read one by one: a bad one costs only its own row
+                            data = z.read(info)
+                        except Exception as exc:  # CRC, zlib, lzma, encrypted, unsupported method
+                            yield row(info.filename, error=f"unreadable archive member: {_one_line(exc)}")
+                            continue
+                        yield row(info.filename, data)
             else:
                 with tarfile.open(fileobj=f, mode="r|*") as t:  # streaming: no seeking, no extraction
                     for info in t:
@@ -103,9 +112,9 @@ def iter_archive(fs, shard: str, root: str):
                             yield row(info.name, error="not a regular file in the archive (link or device)")
                         else:
                             yield row(info.name, t.extractfile(info).read())
-        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
+        except Exception as exc:  # a tar stream cannot skip past damage: the rest of the shard is one error row
             yield {"image_id": shard_id, "source_uri": shard_uri, "bytes": b"",
-                   "source_error": f"unreadable archive: {' '.join(str(exc).split())[:200]}"}
+                   "source_error": f"unreadable archive: {_one_line(exc)}"}
 
 
 def _archive_rows(batch: dict, fs, root: str):
@@ -133,8 +142,8 @@ def fetch_uris(batch: dict, id_column: str | None, uri_column: str) -> dict:
         try:
             with fsspec.open(uri, "rb") as f:
                 rows.append({"image_id": image_id, "source_uri": uri, "bytes": f.read(), "source_error": ""})
-        except (OSError, ValueError) as exc:
-            reason = "file not found" if isinstance(exc, FileNotFoundError) else " ".join(str(exc).split())[:200]
+        except Exception as exc:  # missing file, no driver for the scheme (ImportError), network, ...
+            reason = "file not found" if isinstance(exc, FileNotFoundError) else _one_line(exc)
             rows.append({"image_id": image_id, "source_uri": uri, "bytes": b"", "source_error": f"unreadable: {reason}"})
     return _columns(rows) if rows else {k: np.array([], dtype=object) for k in ("image_id", "source_uri", "bytes", "source_error")}
 

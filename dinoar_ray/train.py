@@ -11,6 +11,7 @@ import time
 
 import mlflow
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
@@ -41,6 +42,12 @@ def is_holdout(image_id: str, fraction: float) -> bool:
     return bucket < fraction
 
 
+def split_holdout(batch: pa.Table, fraction: float, holdout: bool) -> pa.Table:
+    """The embeddings of one side of the holdout split; a batch filter, so tensors are never unpacked per row."""
+    keep = [is_holdout(i, fraction) == holdout for i in batch["image_id"].to_pylist()]
+    return batch.filter(pa.array(keep, pa.bool_())).select(["embedding"])
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Runs on every Ray Train worker: DDP fit of the AR CNN on this worker's shard of the cache."""
     tc = config["train"]
@@ -52,13 +59,15 @@ def train_loop_per_worker(config: dict) -> None:
     model = ARNet(config["channels"], **config["ar"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc["lr"], weight_decay=tc["weight_decay"])
     start_epoch = 0
+    history: list[dict] = []  # every finished epoch's loss; travels in each checkpoint
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:  # resuming a run of the same name: continue after the last finished epoch
         with checkpoint.as_directory() as d:
             model.load_state_dict(load_file(os.path.join(d, CKPT_WEIGHTS)))
             optimizer.load_state_dict(torch.load(os.path.join(d, CKPT_OPTIMIZER), weights_only=True))
             with open(os.path.join(d, CKPT_STATE)) as f:
-                start_epoch = json.load(f)["epoch"] + 1
+                history = json.load(f)["history"]
+            start_epoch = history[-1]["epoch"] + 1
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
     shard = ray.train.get_dataset_shard("train")
@@ -80,6 +89,7 @@ def train_loop_per_worker(config: dict) -> None:
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(totals)
         metrics = {"epoch": epoch, "loss": float(totals[0] / totals[1].clamp(min=1))}
+        history.append(metrics)
         with tempfile.TemporaryDirectory() as d:
             checkpoint = None
             if rank == 0:
@@ -88,7 +98,7 @@ def train_loop_per_worker(config: dict) -> None:
                           os.path.join(d, CKPT_WEIGHTS))
                 torch.save(optimizer.state_dict(), os.path.join(d, CKPT_OPTIMIZER))
                 with open(os.path.join(d, CKPT_STATE), "w") as f:
-                    json.dump(metrics, f)
+                    json.dump({"history": history}, f)
                 checkpoint = Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=checkpoint)
 
@@ -105,9 +115,11 @@ def fit(cfg: Config, train_ds: ray.data.Dataset, channels: int, run_name: str) -
         datasets={"train": train_ds},
     )
     result = trainer.fit()
+    # The last checkpoint holds the whole loss history; Ray's metrics only cover the kept checkpoints.
     with result.checkpoint.as_directory() as d:
         state = load_file(os.path.join(d, CKPT_WEIGHTS))
-    history = result.metrics_dataframe[["epoch", "loss"]].to_dict("records") if result.metrics_dataframe is not None else []
+        with open(os.path.join(d, CKPT_STATE)) as f:
+            history = json.load(f)["history"]
     return state, history
 
 
@@ -167,8 +179,10 @@ def run_training(cfg: Config) -> dict:
             raise ValueError(f"no decodable training images under {train_dir}")
         channels, grid = first[0]["embedding"].shape[0], first[0]["embedding"].shape[1]
         frac = cfg.train.holdout_fraction
-        train_ds = cached.filter(lambda r: not is_holdout(r["image_id"], frac)).select_columns(["embedding"])
-        holdout = cached.filter(lambda r: is_holdout(r["image_id"], frac)).select_columns(["embedding"])
+        train_ds = cached.map_batches(split_holdout, fn_kwargs={"fraction": frac, "holdout": False},
+                                      batch_format="pyarrow")
+        holdout = cached.map_batches(split_holdout, fn_kwargs={"fraction": frac, "holdout": True},
+                                     batch_format="pyarrow")
 
         t0 = time.perf_counter()
         state, history = fit(cfg, train_ds, channels, run_name=cfg.train.run_name or f"dinoar-{run.info.run_id}")

@@ -171,3 +171,23 @@ def test_missing_source_and_unknown_columns_are_clear_errors(ray_session, contai
         read_images(str(tmp_path / "nothing-here"))
     with pytest.raises(ValueError, match="set data.bytes_column or data.uri_column"):
         read_images(str(containers / "table.parquet"))  # default column names are absent
+
+
+def test_a_damaged_zip_member_costs_only_its_own_row_and_unknown_schemes_are_error_rows():
+    fs = fsspec.filesystem("memory")
+    buf = io.BytesIO()
+    noise = np.random.default_rng(0).integers(0, 255, 4000, dtype=np.uint8).tobytes() * 4
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("bad.png", noise)  # compressible, so its deflate stream can be damaged below
+        z.writestr("good.png", GOOD["img0.png"])
+    data = bytearray(buf.getvalue())
+    start = data.index(b"bad.png") + len("bad.png")  # the member's compressed bytes follow its local header
+    for i in range(start + 20, start + 60):
+        data[i] ^= 0xFF
+    fs.pipe("/bucket/damaged.zip", bytes(data))
+    rows = list(iter_archive(fs, "/bucket/damaged.zip", "/bucket"))
+    assert [r["image_id"] for r in rows] == ["damaged.zip::bad.png", "damaged.zip::good.png"]
+    assert rows[0]["source_error"].startswith("unreadable archive member: ")
+    assert rows[1]["source_error"] == "" and rows[1]["bytes"] == GOOD["img0.png"]
+    fetched = fetch_uris({"uri": np.array(["nosuchscheme://bucket/x.png"], dtype=object)}, None, "uri")
+    assert fetched["source_error"][0].startswith("unreadable: ") and len(fetched["bytes"]) == 1
