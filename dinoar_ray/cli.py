@@ -8,9 +8,11 @@ import sys
 from .backbone import BackboneUnavailable
 from .config import ConfigError, load_config
 from .embed import TooManyErrors
+from .nightly import NightlyBusy
 
 # Errors that mean "your input is wrong"; anything else is a bug and keeps its traceback.
-USER_ERRORS = (ConfigError, BackboneUnavailable, TooManyErrors, FileNotFoundError, LookupError, ValueError)
+USER_ERRORS = (ConfigError, BackboneUnavailable, TooManyErrors, NightlyBusy, FileNotFoundError, LookupError,
+               ValueError)
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:

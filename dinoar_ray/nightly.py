@@ -10,7 +10,9 @@ ignored by their dataset discovery):
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import glob
 import hashlib
 import json
@@ -19,6 +21,7 @@ import os
 import re
 import shutil
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import mlflow
@@ -39,7 +42,7 @@ from .score import prepare_scoring, score_dataset, score_schema
 from .sources import detect_layout, read_images, read_source_bytes
 
 log = logging.getLogger(__name__)
-SUCCESS, STAGING, REPORTS = "_SUCCESS", "_staging", "_reports"
+SUCCESS, STAGING, REPORTS, LOCK = "_SUCCESS", "_staging", "_reports", "_nightly.lock"
 LIGHT_COLUMNS = ["image_id", "status", "error", "score", "is_anomalous", "content_sha256", "model_version"]
 DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -56,14 +59,32 @@ def parquet_files(folder: str) -> list[str]:
     return sorted(glob.glob(os.path.join(folder, "*.parquet")))
 
 
-def scored_hashes(output: str, model_version: str) -> frozenset[str]:
-    """Content hashes this model version has already scored in any published night."""
-    known: set[str] = set()
+@dataclass(frozen=True)
+class Scored:
+    """What this model version has already scored in published nights."""
+    hashes: frozenset[str] = frozenset()  # content of ok rows: a renamed copy is recognised
+    errors: frozenset[tuple[str, str]] = frozenset()  # (source_uri, hash) of error rows: many share empty bytes
+
+    def __contains__(self, row: tuple[str, str]) -> bool:
+        return row[1] in self.hashes or row in self.errors
+
+
+def scored_before(output: str, model_version: str, skip_date: str | None = None) -> Scored:
+    """Rows this model version has already published, in every night but `skip_date`."""
+    hashes: set[str] = set()
+    errors: set[tuple[str, str]] = set()
     for part in published_partitions(output):
+        if skip_date and os.path.basename(part) == f"date={skip_date}":
+            continue
         for f in parquet_files(part):
-            t = pq.read_table(f, columns=["content_sha256", "model_version"])
-            known.update(t.filter(pc.equal(t["model_version"], model_version))["content_sha256"].to_pylist())
-    return frozenset(known)
+            t = pq.read_table(f, columns=["source_uri", "content_sha256", "model_version", "status"])
+            t = t.filter(pc.equal(t["model_version"], model_version))
+            for uri, sha, status in zip(*(t[c].to_pylist() for c in ("source_uri", "content_sha256", "status"))):
+                if status == "ok":
+                    hashes.add(sha)
+                else:
+                    errors.add((uri, sha))
+    return Scored(frozenset(hashes), frozenset(errors))
 
 
 def recover(output: str) -> None:
@@ -76,10 +97,10 @@ def recover(output: str) -> None:
     shutil.rmtree(os.path.join(output, STAGING), ignore_errors=True)
 
 
-def hash_and_skip(batch: dict, known: frozenset[str]) -> dict:
-    """Adds content_sha256 and drops rows whose bytes this model version already scored."""
+def hash_and_skip(batch: dict, known: Scored) -> dict:
+    """Adds content_sha256 and drops rows this model version already scored."""
     hashes = np.array([hashlib.sha256(bytes(b)).hexdigest() for b in batch["bytes"]], dtype=object)
-    keep = np.array([h not in known for h in hashes], dtype=bool)
+    keep = np.array([(uri, h) not in known for uri, h in zip(batch["source_uri"], hashes)], dtype=bool)
     batch["content_sha256"] = hashes
     return {k: np.asarray(v)[keep] for k, v in batch.items()}
 
@@ -173,13 +194,42 @@ def run_nightly(cfg: Config, source: str, output: str, date: str = "", rescore: 
     `inject` wraps the rows dataset before scoring (fault-injection tests use it to kill a run).
     """
     date = date or dt.datetime.now(dt.timezone.utc).date().isoformat()
-    if not DATE_RE.match(date):
-        raise ValueError(f"--date {date!r}: expected YYYY-MM-DD")
+    try:
+        if not DATE_RE.match(date):
+            raise ValueError
+        dt.date.fromisoformat(date)
+    except ValueError:
+        raise ValueError(f"--date {date!r}: expected a calendar date, YYYY-MM-DD") from None
     output = os.path.abspath(output)
     model, package = prepare_scoring(cfg, source)
     os.makedirs(output, exist_ok=True)
-    recover(output)
-    known = frozenset() if rescore else scored_hashes(output, model.version)
+    with exclusive(output):
+        recover(output)
+        # --rescore re-scores tonight's images; those published on other nights stay theirs (one row each).
+        known = scored_before(output, model.version, skip_date=date if rescore else None)
+        return _score_night(cfg, source, output, date, rescore, masks_root, inject, model, package, known)
+
+
+class NightlyBusy(RuntimeError):
+    """Another nightly run holds this output."""
+
+
+@contextlib.contextmanager
+def exclusive(output: str):
+    """One nightly run per output at a time: a second one would clear the first one's staging."""
+    with open(os.path.join(output, LOCK), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise NightlyBusy(f"another nightly run is writing to {output}; wait for it to finish") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _score_night(cfg: Config, source: str, output: str, date: str, rescore: bool, masks_root: str, inject,
+                 model, package: ModelPackage, known: Scored) -> dict:
     target = partition_dir(output, date)
 
     with mlflow.start_run(run_name=f"nightly-{date}-{model.name}-v{model.version}") as run:

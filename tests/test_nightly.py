@@ -16,7 +16,7 @@ from PIL import Image
 from dinoar_ray import tracking
 from dinoar_ray.demo import make_sample_dataset
 from dinoar_ray.embed import TooManyErrors
-from dinoar_ray.nightly import SUCCESS, partition_dir, run_nightly
+from dinoar_ray.nightly import SUCCESS, NightlyBusy, exclusive, partition_dir, run_nightly
 from dinoar_ray.package import ModelPackage
 from dinoar_ray.score import ImageScorer
 
@@ -124,21 +124,21 @@ def test_rerun_of_the_same_night_adds_nothing_and_recognises_renamed_copies(setu
 
 def test_killed_run_publishes_nothing_and_rerun_has_one_row_per_image(setup):
     cfg, root, source, output, (v1, _) = setup
+    output = output + "-killed"  # a store of its own, where every image is new
 
     def fail_on_one_image(batch):
         if "good/003.png" in set(batch["image_id"]):
             raise RuntimeError("injected worker failure")
         return batch
 
-    # DATE1 has already scored everything with v1, so use --rescore to force a full run.
     with pytest.raises(Exception, match="injected worker failure"):
-        run_nightly(cfg, source, output, DATE2, rescore=True,
+        run_nightly(cfg, source, output, DATE2,
                     inject=lambda ds: ds.map_batches(fail_on_one_image, batch_size=2, batch_format="numpy"))
     assert not os.path.exists(partition_dir(output, DATE2))
-    summary = run_nightly(cfg, source, output, DATE2, rescore=True)
+    summary = run_nightly(cfg, source, output, DATE2)
     ids = [r["image_id"] for r in read_night(output, DATE2)]
     assert len(ids) == len(set(ids)) == 13 == summary["rows"]
-    # A killed rerun of a published night leaves the published rows as they were.
+    # A killed rescore of a published night leaves the published rows as they were.
     before = sorted((r["image_id"], r["run_id"]) for r in read_night(output, DATE2))
     with pytest.raises(Exception, match="injected worker failure"):
         run_nightly(cfg, source, output, DATE2, rescore=True,
@@ -146,23 +146,48 @@ def test_killed_run_publishes_nothing_and_rerun_has_one_row_per_image(setup):
     assert sorted((r["image_id"], r["run_id"]) for r in read_night(output, DATE2)) == before
 
 
-def test_rescore_replaces_rows_instead_of_duplicating(setup):
-    cfg, _, source, output, _ = setup
-    run_nightly(cfg, source, output, DATE2, rescore=True)
-    ids = [r["image_id"] for r in read_night(output, DATE2)]
-    assert len(ids) == len(set(ids)) == 13
+def test_rescore_replaces_the_nights_rows_and_keeps_one_row_per_image_across_nights(setup):
+    cfg, _, source, output, (v1, _) = setup
+    extra = os.path.join(source, "good", "zero_again.png")
+    open(extra, "wb").close()  # a second empty file: same (empty) content as zero.png, another name
+    try:
+        summary = run_nightly(cfg, source, output, DATE2)
+        assert summary["new_rows"] == 1  # only the new file; it is an error row, not skipped as zero.png's twin
+        assert [(r["image_id"], r["error"]) for r in read_night(output, DATE2)] == [
+            ("good/zero_again.png", "empty file (0 bytes)")]
+        assert run_nightly(cfg, source, output, DATE2)["new_rows"] == 0
+        first = {r["image_id"]: r["run_id"] for r in read_night(output, DATE1)}
+        rescored = run_nightly(cfg, source, output, DATE1, rescore=True)
+        rows = read_night(output, DATE1)
+        assert sorted(r["image_id"] for r in rows) == sorted(first)  # replaced, not duplicated
+        assert {r["run_id"] for r in rows} == {rescored["run_id"]} != set(first.values())
+        everything = pq.read_table(output).to_pylist()  # every night: still one row per file for v1
+        ids = [r["image_id"] for r in everything if r["model_version"] == v1]
+        assert len(ids) == len(set(ids)) == 14
+    finally:
+        os.remove(extra)
 
 
 def test_error_fraction_over_the_limit_fails_the_night_and_publishes_nothing(setup):
     cfg, _, source, output, _ = setup
+    output = output + "-errors"
     cfg.data.max_error_fraction = 0.05  # 1 bad file of 13 is 7.7%
     try:
         with pytest.raises(TooManyErrors) as err:
-            run_nightly(cfg, source, output, "2026-11-30", rescore=True)
+            run_nightly(cfg, source, output, "2026-11-30")
     finally:
         cfg.data.max_error_fraction = 1.0
     assert "1 of 13 rows are errors" in str(err.value) and "good/zero.png: empty file" in str(err.value)
     assert not os.path.exists(partition_dir(output, "2026-11-30"))
+
+
+def test_a_second_run_on_the_same_output_is_refused_and_dates_are_checked(setup):
+    cfg, _, source, output, _ = setup
+    with exclusive(output):
+        with pytest.raises(NightlyBusy, match="another nightly run is writing"):
+            run_nightly(cfg, source, output, DATE1)
+    with pytest.raises(ValueError, match="expected a calendar date"):
+        run_nightly(cfg, source, output, "2026-13-45")
 
 
 def test_a_night_with_nothing_new_is_published_empty(setup):
