@@ -42,4 +42,4 @@ test-timm: $(TIMM_STAMP)
 	$(TIMM_VENV)/bin/python -m pytest -q tests/test_cnn_backbone.py
 
 clean:
-	rm -rf runs mlflow.db mlartifacts
+	rm -rf runs mlflow.db mlartifacts mlruns

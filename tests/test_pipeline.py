@@ -84,7 +84,7 @@ def test_scoring_writes_one_row_per_file_with_provenance(trained):
         assert r["source_uri"].startswith("file://") and len(r["content_sha256"]) == 64
         if r["status"] == "ok":
             assert r["error"] is None and r["heatmap_shape"] == [4, 4] and len(r["heatmap"]) == 16
-            assert r["score"] == pytest.approx(max(r["heatmap"]), rel=1e-6)  # aggregation: max
+            assert r["score"] == pytest.approx(max(r["heatmap"]), rel=1e-6)  # top-5% mean of 16 patches: k = 1, the max
             assert r["is_anomalous"] == (r["score"] > train_summary["threshold"])
             assert (r["width"], r["height"]) == Image.open(os.path.join(root, r["image_id"])).size
         else:
