@@ -161,7 +161,7 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
     if origin is list:
         (item,) = get_args(typ)
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
+            value = _yaml(key, value) if value.strip().startswith("[") else value.split(",")
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         return [_coerce(key, v, item) for v in value]
@@ -172,16 +172,23 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
             return value.lower() in ("true", "1", "yes")
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
     if typ in (int, float):
-        try:
-            number = typ(value) if not isinstance(value, str) else typ(yaml.safe_load(value))
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}") from None
-        if typ is int and isinstance(value, float) and value != int(value):
+        parsed = _yaml(key, value) if isinstance(value, str) else value
+        if isinstance(parsed, bool) or not isinstance(parsed, (int, float)) or parsed != parsed \
+                or parsed in (float("inf"), float("-inf")):
+            raise ConfigError(f"{key}: expected a finite {typ.__name__}, got {value!r}")
+        if typ is int and parsed != int(parsed):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return number
+        return typ(parsed)
     if typ is str:
         return "" if value is None else str(value)
     raise ConfigError(f"{key}: unsupported type {typ}")
+
+
+def _yaml(key: str, text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{key}: {text!r} is not valid YAML ({' '.join(str(exc).split())[:120]})") from None
 
 
 def _apply(obj: Any, data: dict, prefix: str = "") -> None:
@@ -196,6 +203,8 @@ def _apply(obj: Any, data: dict, prefix: str = "") -> None:
             if not isinstance(value, dict):
                 raise ConfigError(f"{dotted}: expected a mapping of {sorted(f.name for f in fields(current))}")
             _apply(current, value, dotted + ".")
+        elif isinstance(value, dict):
+            raise ConfigError(f"{dotted}: is a single value, not a section (got keys {sorted(value)})")
         else:
             setattr(obj, key, _coerce(dotted, value, hints[key]))
 
@@ -209,8 +218,13 @@ def parse_overrides(items: list[str]) -> dict:
         key, value = item.split("=", 1)
         node = nested
         parts = key.strip().split(".")
-        for part in parts[:-1]:
+        for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[:i + 1])} was already given a value, "
+                                  "it has no sub-keys")
+        if isinstance(node.get(parts[-1]), dict):
+            raise ConfigError(f"override {item!r}: {key.strip()} is a section, set its keys instead")
         node[parts[-1]] = value
     return nested
 
@@ -245,9 +259,13 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{key}: {value} must lie in [{lo}, {hi}]")
     for key, value in [("train.epochs", cfg.train.epochs), ("train.num_workers", cfg.train.num_workers),
                        ("train.batch_size", cfg.train.batch_size), ("backbone.batch_size", cfg.backbone.batch_size),
-                       ("score.batch_size", cfg.score.batch_size)]:
+                       ("score.batch_size", cfg.score.batch_size), ("ar.hidden", cfg.ar.hidden),
+                       ("ray.embed_concurrency", cfg.ray.embed_concurrency), ("data.max_pixels", cfg.data.max_pixels),
+                       ("score.report_top_k", cfg.score.report_top_k)]:
         if value < 1:
             raise ConfigError(f"{key}: {value} must be at least 1")
+    if cfg.train.lr <= 0:
+        raise ConfigError(f"train.lr: {cfg.train.lr} must be positive")
     if len(cfg.data.background) != 3 or not all(0 <= v <= 255 for v in cfg.data.background):
         raise ConfigError(f"data.background: {cfg.data.background} must be three values in 0..255 (R, G, B)")
     if cfg.data.window == "fixed" and cfg.data.window_max <= cfg.data.window_min:
@@ -265,15 +283,20 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
     return validate(cfg)
 
 
-def _yaml_layers(path: str) -> list[dict]:
+def _yaml_layers(path: str, seen: tuple[str, ...] = ()) -> list[dict]:
     if not os.path.exists(path):
         raise ConfigError(f"config file not found: {path}")
+    if os.path.abspath(path) in seen:
+        raise ConfigError(f"{path}: `include:` loops back to a file that includes it")
     with open(path) as f:
-        data = yaml.safe_load(f) or {}
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())[:160]})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     base = data.pop("include", None)
-    layers = _yaml_layers(os.path.join(os.path.dirname(path), base)) if base else []
+    layers = _yaml_layers(os.path.join(os.path.dirname(path), base), seen + (os.path.abspath(path),)) if base else []
     return layers + [data]
 
 

@@ -62,7 +62,12 @@ def resolve_model(spec: str, cfg: Config) -> ResolvedModel:
     name, ref = cfg.tracking.model_name, f"@{cfg.tracking.alias}"
     if spec.startswith("models:/"):
         body = spec[len("models:/"):]
-        name, ref = (body.split("@", 1)[0], "@" + body.split("@", 1)[1]) if "@" in body else body.split("/", 1)
+        if "@" in body:
+            name, ref = body.split("@", 1)[0], "@" + body.split("@", 1)[1]
+        elif "/" in body:
+            name, ref = body.split("/", 1)
+        else:
+            raise LookupError(f"--model {spec}: say which version, models:/{body}@<alias> or models:/{body}/<version>")
     elif spec:
         ref = spec
     try:

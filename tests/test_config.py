@@ -32,7 +32,16 @@ def test_shipped_configs_load():
     (["score.aggregation=median"], "choose one of max, topk_mean"),
     (["train.epoch=3"], "unknown config key 'train.epoch'; allowed: "),
     (["nosuch.key=1"], "unknown config key 'nosuch'"),
-    (["train.epochs=many"], "train.epochs: expected int"),
+    (["train.epochs=many"], "train.epochs: expected a finite int"),
+    (["train.epochs=2.5"], "train.epochs: expected an integer, got '2.5'"),
+    (["train.epochs=true"], "train.epochs: expected a finite int"),
+    (["train.epochs=.inf"], "train.epochs: expected a finite int"),
+    (["ar.dilations=[1,2"], "ar.dilations: '[1,2' is not valid YAML"),
+    (["train.epochs=2", "train.epochs.x=3"], "train.epochs was already given a value"),
+    (["output_dir.x=1"], "output_dir: is a single value, not a section"),
+    (["ar.hidden=0"], "ar.hidden: 0 must be at least 1"),
+    (["train.lr=-1"], "train.lr: -1.0 must be positive"),
+    (["ray.embed_concurrency=0"], "ray.embed_concurrency: 0 must be at least 1"),
     (["backbone.img_size=450"], "backbone.img_size: 450 must be a positive multiple of 16"),
     (["ar.num_layers=3"], "ar.dilations: needs one positive dilation per layer (3)"),
     (["train.target_fpr=2"], "train.target_fpr: 2.0 must lie in"),
@@ -49,3 +58,13 @@ def test_unknown_key_lists_the_allowed_ones():
     with pytest.raises(ConfigError) as err:
         load_config(None, ["train.epoch=3"])
     assert "train.epochs" in str(err.value) and "train.lr" in str(err.value)
+
+
+def test_broken_yaml_and_include_loops_are_config_errors(tmp_path):
+    (tmp_path / "broken.yaml").write_text("train: [epochs: 3\n")
+    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+        load_config(str(tmp_path / "broken.yaml"))
+    (tmp_path / "a.yaml").write_text("include: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("include: a.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_config(str(tmp_path / "a.yaml"))

@@ -129,3 +129,5 @@ def test_missing_model_says_how_to_get_one(trained):
     tracking.setup(cfg)
     with pytest.raises(LookupError, match="Train and register one first"):
         tracking.resolve_model("models:/nosuch@champion", cfg)
+    with pytest.raises(LookupError, match=r"say which version, models:/dinoar@<alias> or models:/dinoar/<version>"):
+        tracking.resolve_model("models:/dinoar", cfg)
