@@ -1,6 +1,7 @@
 """Training: embed normals into the cache, fit the AR CNN with Ray Train DDP, calibrate, package, register."""
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -98,19 +99,24 @@ def train_loop_per_worker(config: dict) -> None:
                           os.path.join(d, CKPT_WEIGHTS))
                 torch.save(optimizer.state_dict(), os.path.join(d, CKPT_OPTIMIZER))
                 with open(os.path.join(d, CKPT_STATE), "w") as f:
-                    json.dump({"history": history}, f)
+                    json.dump({"history": history, "model": {"ar": config["ar"], "channels": config["channels"]}}, f)
                 checkpoint = Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=checkpoint)
 
 
 def fit(cfg: Config, train_ds: ray.data.Dataset, channels: int, run_name: str) -> tuple[dict, list[dict]]:
-    """DDP fit on Ray Train. Returns the final AR state dict and per-epoch metrics."""
+    """DDP fit on Ray Train. Returns the final AR state dict and per-epoch metrics.
+
+    A run name that already has checkpoints under output_dir resumes; it must be the same network.
+    """
+    storage = os.path.abspath(os.path.join(cfg.output_dir, "ray_train"))
+    check_resumable(os.path.join(storage, run_name), {"ar": vars(cfg.ar), "channels": channels})
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"train": vars(cfg.train), "ar": vars(cfg.ar), "channels": channels},
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.ray.use_gpu,
                                      resources_per_worker={"CPU": 1}),
-        run_config=RunConfig(name=run_name, storage_path=os.path.abspath(os.path.join(cfg.output_dir, "ray_train")),
+        run_config=RunConfig(name=run_name, storage_path=storage,
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
         datasets={"train": train_ds},
     )
@@ -121,6 +127,18 @@ def fit(cfg: Config, train_ds: ray.data.Dataset, channels: int, run_name: str) -
         with open(os.path.join(d, CKPT_STATE)) as f:
             history = json.load(f)["history"]
     return state, history
+
+
+def check_resumable(run_dir: str, model: dict) -> None:
+    """Refuse, before any worker starts, to resume a run whose checkpoints hold another network."""
+    states = sorted(glob.glob(os.path.join(run_dir, "checkpoint_*", CKPT_STATE)))
+    if not states:
+        return
+    with open(states[-1]) as f:
+        saved = json.load(f).get("model")
+    if saved is not None and saved != json.loads(json.dumps(model)):
+        raise ValueError(f"train.run_name={os.path.basename(run_dir)} resumes a run trained with {saved}, but this "
+                         f"config asks for {model}; use a new train.run_name (or the run's own ar.* settings)")
 
 
 @torch.no_grad()
@@ -167,7 +185,9 @@ def run_training(cfg: Config) -> dict:
     init_ray(cfg)  # only once the inputs are known to be usable
 
     with mlflow.start_run(run_name=f"train-{cfg.tracking.model_name}") as run:
-        tracking.log_params({**cfg.flat(), "backbone": resolved.name, "backbone.kind": resolved.kind})
+        # backbone.name records what ran (a demo may have fallen back); backbone.requested what was asked.
+        tracking.log_params({**cfg.flat(), "backbone.requested": cfg.backbone.name, "backbone.name": resolved.name,
+                             "backbone": resolved.name, "backbone.kind": resolved.kind})
         t0 = time.perf_counter()
         counts = embed_to_cache(cfg, resolved, train_dir, cache, cfg.data.root or None)
         embed_s = time.perf_counter() - t0

@@ -1,5 +1,6 @@
 """Ray Train fit: the loss of every epoch is kept, and a rerun of the same run name resumes."""
 import numpy as np
+import pytest
 import ray
 from conftest import tiny_config
 
@@ -17,4 +18,6 @@ def test_fit_keeps_every_epoch_and_a_rerun_resumes_after_the_last(ray_session, t
     assert [h["epoch"] for h in resumed] == [0, 1, 2, 3]
     assert resumed[:3] == history  # epochs 0-2 came from the checkpoint, they were not run again
     assert set(state) and all(np.isfinite(v.float().numpy()).all() for v in state.values())
-
+    cfg.ar.hidden = 8  # another network under the same run name: refused before any worker starts
+    with pytest.raises(ValueError, match="use a new train.run_name"):
+        fit(cfg, ds, 32, run_name="resume-me")
