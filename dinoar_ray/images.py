@@ -20,6 +20,10 @@ import numpy as np
 from PIL import Image, ImageOps
 
 DEFAULT_MAX_PIXELS = 64_000_000
+# Pillow decoders tried on raw bytes. Raster formats only: EPS/PS/PDF would be handed to Ghostscript.
+Image.init()  # register every plugin, so the list below can name them
+RASTER_FORMATS = tuple(f for f in ("PNG", "JPEG", "MPO", "BMP", "DIB", "TIFF", "GIF", "WEBP", "PPM", "TGA", "ICO",
+                                   "JPEG2000") if f in Image.OPEN)
 # Our own limit (options.max_pixels) is checked from the header before any pixel is decoded, so
 # Pillow's global guard is switched off to let that limit, and its message, be the one that applies.
 Image.MAX_IMAGE_PIXELS = None
@@ -118,7 +122,7 @@ def decode(data: bytes, max_pixels: int | None = None, options: DecodeOptions | 
             return _decode_dicom(data, options), None
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=RASTER_FORMATS)
             width, height = image.size
             if width * height > options.max_pixels:
                 return None, (f"image too large: {width}x{height} = {width * height} pixels > limit "

@@ -114,7 +114,9 @@ def publish(staging: str, target: str, aside: str) -> None:
 
 
 def _safe_name(image_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", image_id)[-180:] + ".png"
+    """A file name for an image's overlay; the id's hash keeps 'a/b.png' and 'a_b.png' apart."""
+    digest = hashlib.sha256(image_id.encode()).hexdigest()[:10]
+    return f"{re.sub(r'[^A-Za-z0-9._-]+', '_', image_id)[-160:]}-{digest}.png"
 
 
 def _mask_for(layout, image_id: str, shape: tuple[int, int]) -> np.ndarray | None:

@@ -124,3 +124,12 @@ def test_pad_keeps_aspect_and_heatmap_upsampling_undoes_it():
     heat[1:3, :] = 1.0  # grid rows 1-2 are the image's rows (pixels 16..48 of 64, content 24..40)
     up = upsample(heat, 10, 40, "pad")
     assert up.shape == (10, 40) and up.min() > 0.99
+
+
+def test_postscript_is_never_handed_to_ghostscript_but_other_rasters_decode():
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    assert decode(eps) == (None, "not an image (format not recognised)")
+    buf = io.BytesIO()
+    Image.new("RGB", (20, 10), (10, 20, 30)).save(buf, "TGA")
+    image, reason = decode(buf.getvalue())
+    assert reason is None and image.shape == (10, 20, 3) and tuple(image[0, 0]) == (10, 20, 30)
