@@ -61,6 +61,14 @@ def make_sample_dataset(root: str, n_train: int = 48, n_good: int = 12, n_defect
     return root
 
 
+def absolute_sqlite(uri: str) -> str:
+    """sqlite:///mlflow.db is relative to the working directory; print where it really is."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + os.path.abspath(uri[len(prefix):])
+    return uri
+
+
 def run_demo(cfg: Config, data: str = "") -> dict:
     # One output folder per dataset, so demos on different data do not overwrite each other.
     name = os.path.basename(os.path.normpath(data)) if data else "sample"
@@ -78,7 +86,7 @@ def run_demo(cfg: Config, data: str = "") -> dict:
     report = {"data": root, "backbone": trained["backbone"], "model_uri": trained["model_uri"],
               "train_run_id": trained["run_id"], "score_run_id": scored["run_id"],
               "threshold": trained["threshold"], "scores": scores_path, "package": trained["package"],
-              "tracking_uri": tracking.tracking_uri(cfg), "score_rows": scored["rows"],
+              "tracking_uri": absolute_sqlite(tracking.tracking_uri(cfg)), "score_rows": scored["rows"],
               "score_errors": scored["errors"], "anomalies_flagged": scored["anomalies"], **evaluated}
     with open(os.path.join(out, "demo_report.json"), "w") as f:
         json.dump(report, f, indent=2)
