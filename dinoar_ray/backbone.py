@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .cnn_backbone import PRESETS as CNN_PRESETS
-from .cnn_backbone import TIMM_PREFIX, weights_path
+from .cnn_backbone import PYPI_PREFIX, TIMM_PREFIX, weights_path
 from .cnn_backbone import check_installed as check_timm_installed
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def resolve(spec: str, revision: str = "main", allow_random_fallback: bool = Fal
         arch, weights = CNN_PRESETS.get(spec, (spec[len(TIMM_PREFIX):], weights))
         check_timm_installed()
         weights_path(weights)  # fail now, naming the file, rather than in every actor
-        label = weights if weights.startswith("pypi:") else os.path.basename(weights)
+        label = weights if weights.startswith(PYPI_PREFIX) else os.path.basename(weights)
         stages = tuple(int(s) for s in stages)
         return ResolvedBackbone(arch, "", "timm", f"{TIMM_PREFIX}{arch}[{','.join(map(str, stages))}]@{label}", weights, stages)
     if spec.startswith(RANDOM_PREFIX):
@@ -120,10 +120,9 @@ def resolve(spec: str, revision: str = "main", allow_random_fallback: bool = Fal
     return resolve(f"{RANDOM_PREFIX}:vits16")
 
 
-def resolve_config(bb, allow_random_fallback: bool | None = None) -> ResolvedBackbone:
+def resolve_config(bb) -> ResolvedBackbone:
     """resolve() with the fields of a BackboneConfig."""
-    fallback = bb.allow_random_fallback if allow_random_fallback is None else allow_random_fallback
-    return resolve(bb.name, bb.revision, fallback, bb.hub_timeout_s, bb.weights, bb.stages)
+    return resolve(bb.name, bb.revision, bb.allow_random_fallback, bb.hub_timeout_s, bb.weights, bb.stages)
 
 
 def ensure_available(resolved: ResolvedBackbone, timeout_s: float) -> None:

@@ -154,7 +154,7 @@ def write_overlays(files: list[str], chosen: list[str], folder: str, vmin: float
     for r in rows:
         try:
             data = read_source_bytes(r["source_uri"], id_column, bytes_column)
-        except (OSError, ValueError) as exc:  # gone or changed since it was scored: no overlay, no failed night
+        except Exception as exc:  # gone, changed, or no driver for its scheme here: no overlay, no failed night
             log.warning("no overlay for %s: %s", r["image_id"], exc)
             continue
         image, _ = decode(data, options=decode_options)
